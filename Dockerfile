@@ -1,0 +1,24 @@
+# Remixer: a slim, non-root image. Mount a volume on /data to keep the database.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    DATABASE_PATH=/data/bot.sqlite3 \
+    WEB_HOST=0.0.0.0 \
+    WEB_PORT=8080
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY bot ./bot
+COPY cogs ./cogs
+RUN pip install --no-cache-dir . \
+    && useradd --system --uid 10001 --home-dir /app remixer \
+    && mkdir -p /data && chown remixer /data
+
+USER remixer
+VOLUME ["/data"]
+EXPOSE 8080
+HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('WEB_PORT', '8080'), timeout=4)"]
+CMD ["python", "-m", "bot"]

@@ -1,0 +1,1 @@
+"""Remixer: a self-hosted Discord bot for community image-to-image and inpainting."""

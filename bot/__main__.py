@@ -1,0 +1,80 @@
+"""Launcher: settings -> logging -> resources -> bot. ``python -m bot``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+from pydantic import ValidationError
+
+from bot.settings import Settings, describe_settings_error
+
+log = logging.getLogger("bot")
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)-8s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # discord.py's gateway chatter is noise at INFO; its warnings still show.
+    logging.getLogger("discord.gateway").setLevel(max(logging.WARNING, logging.getLevelName(level)))
+
+
+async def run(settings: Settings) -> int:
+    # Imported here so that a settings mistake is reported before the heavier imports.
+    import discord
+
+    from bot.app import RemixerBot
+
+    bot = RemixerBot(settings)
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+
+    def request_stop(sig: signal.Signals) -> None:
+        log.info("received %s, shutting down", sig.name)
+        stopping.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, request_stop, sig)
+
+    async with bot:
+        runner = asyncio.create_task(bot.start(settings.discord_token.get_secret_value()))
+        stopper = asyncio.create_task(stopping.wait())
+        done, _ = await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        if runner in done:
+            try:
+                runner.result()
+            except discord.LoginFailure:
+                print("Remixer cannot start: Discord rejected DISCORD_TOKEN "
+                      "(check the bot token in the Discord developer portal).", file=sys.stderr)
+                return 1
+            except discord.PrivilegedIntentsRequired:
+                print("Remixer cannot start: the bot asks for an intent that is not enabled "
+                      "in the Discord developer portal.", file=sys.stderr)
+                return 1
+            return 0
+        await bot.close()
+        await asyncio.gather(runner, return_exceptions=True)
+    return 0
+
+
+def main() -> int:
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        print(describe_settings_error(exc), file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    try:
+        return asyncio.run(run(settings))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""The bot's settings: one class, read from the environment and ``.env``, built once at start-up."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+MODEL_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,99}$")
+_SECRET_FIELDS = {"discord_token", "modelslab_api_key", "modelslab_enterprise_api_key"}
+
+
+def _http_url(value: str, name: str) -> str:
+    parts = urlsplit(value.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"must be an http:// or https:// URL with a host, like https://{name}")
+    if parts.query or parts.fragment:
+        raise ValueError("must not carry a query string or fragment")
+    return value.strip().rstrip("/")
+
+
+class Settings(BaseSettings):
+    """Every setting the bot reads. Environment names are the field names in upper case."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        env_ignore_empty=True,
+        extra="ignore",
+        case_sensitive=False,
+    )
+
+    discord_token: SecretStr
+    modelslab_api_key: SecretStr
+    modelslab_enterprise_api_key: SecretStr | None = None
+    modelslab_base_url: str = "https://modelslab.com"
+    public_base_url: str | None = None
+    web_host: str = "0.0.0.0"
+    web_port: Annotated[int, Field(ge=1, le=65535)] = 8080
+    database_path: Path = Path("data/bot.sqlite3")
+    dev_guild_id: Annotated[int, Field(gt=0)] | None = None
+    default_model_id: str = "pony_realism"
+    daily_image_quota: Annotated[int, Field(ge=0)] = 20
+    modelslab_max_concurrency: Annotated[int, Field(ge=1, le=100)] = 5
+    log_level: LogLevel = "INFO"
+
+    @field_validator("modelslab_base_url")
+    @classmethod
+    def _check_base_url(cls, value: str) -> str:
+        return _http_url(value, "modelslab.com")
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _check_public_url(cls, value: str | None) -> str | None:
+        return None if value is None else _http_url(value, "bot.example.org")
+
+    @field_validator("default_model_id")
+    @classmethod
+    def _check_model(cls, value: str) -> str:
+        if not MODEL_ID_PATTERN.match(value):
+            raise ValueError("must be a ModelsLab model id such as pony_realism")
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @property
+    def enterprise_enabled(self) -> bool:
+        return self.modelslab_enterprise_api_key is not None
+
+    @property
+    def webhooks_enabled(self) -> bool:
+        return self.public_base_url is not None
+
+
+def describe_settings_error(exc: ValidationError) -> str:
+    """One line naming every missing variable and every invalid value (never a secret's value)."""
+    missing: list[str] = []
+    invalid: list[str] = []
+    for error in exc.errors():
+        field = str(error["loc"][0]) if error["loc"] else "?"
+        name = field.upper()
+        if error["type"] == "missing":
+            missing.append(name)
+            continue
+        reason = str(error["msg"]).removeprefix("Value error, ")
+        reason = reason.replace("Input should be", "must be").split(", unable to")[0]
+        if field in _SECRET_FIELDS:
+            invalid.append(f"{name} {reason}")
+        else:
+            invalid.append(f"{name} {reason} (got {error.get('input')!r})")
+    parts = []
+    if missing:
+        parts.append("missing required setting" + ("s " if len(missing) > 1 else " ")
+                     + ", ".join(missing))
+    if invalid:
+        parts.append("invalid setting" + ("s: " if len(invalid) > 1 else ": ")
+                     + "; ".join(invalid))
+    return ("Remixer cannot start: " + "; ".join(parts)
+            + ". Set them in the environment or in .env (see .env.example).")

@@ -1,0 +1,1 @@
+"""Slash-command surfaces. Cogs depend on bot services; nothing in bot/ imports a cog."""
