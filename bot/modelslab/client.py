@@ -91,8 +91,12 @@ class ModelsLabClient:
         base_url: str,
         api_key: SecretStr,
         enterprise_key: SecretStr | None = None,
+        submit_timeout: aiohttp.ClientTimeout = SUBMIT_TIMEOUT,
+        fetch_timeout: aiohttp.ClientTimeout = FETCH_TIMEOUT,
     ) -> None:
         self._session = session
+        self._submit_timeout = submit_timeout
+        self._fetch_timeout = fetch_timeout
         self._base_url = base_url.rstrip("/")
         self._origin = _origin(self._base_url)
         self._keys: dict[KeyKind, SecretStr] = {KeyKind.STANDARD: api_key}
@@ -122,7 +126,7 @@ class ModelsLabClient:
         payload = {"key": self._key(endpoint), **body}
         if webhook is not None:
             payload["webhook"] = webhook
-        response = await self._post(self._base_url + endpoint.path, payload, SUBMIT_TIMEOUT)
+        response = await self._post(self._base_url + endpoint.path, payload, self._submit_timeout)
         if response.status in (ApiStatus.ERROR, ApiStatus.FAILED):
             raise Rejected(response)
         return response
@@ -140,7 +144,7 @@ class ModelsLabClient:
                             urlsplit(fetch_url).hostname, request_id)
             path, extra = endpoint.fetch.build(request_id)
             url, body = self._base_url + path, {"key": key, **extra}
-        return await self._post(url, body, FETCH_TIMEOUT)
+        return await self._post(url, body, self._fetch_timeout)
 
     async def _post(
         self, url: str, payload: Mapping[str, Any], limits: aiohttp.ClientTimeout

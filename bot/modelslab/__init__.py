@@ -1,0 +1,1 @@
+"""The ModelsLab API: endpoint catalogue, payloads, responses and the HTTP client."""
