@@ -1,0 +1,429 @@
+"""The job engine: fair dispatch to ModelsLab, result tracking (webhook and poll), download,
+hand-over for delivery, and recovery after a restart.
+
+Every step is a transition in the store, so any step may be interrupted by a crash and
+resumed by ``start()``; and every transition is conditional, so a webhook racing a poll, a
+repeated webhook or a recovery racing a late answer ends in exactly one delivery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from bot.jobs.delivery import Delivery
+from bot.jobs.downloads import DownloadError, OutputDownloader
+from bot.jobs.models import Job, JobStatus, NewJob
+from bot.jobs.store import JobStore
+from bot.modelslab.catalogue import endpoint as endpoint_named
+from bot.modelslab.client import (
+    MissingKey,
+    ModelsLabClient,
+    NotSent,
+    OutcomeUnknown,
+    RateLimited,
+    Rejected,
+    TransientError,
+)
+from bot.modelslab.responses import ApiResponse, ApiStatus
+
+log = logging.getLogger(__name__)
+
+WEBHOOK_ROUTE = "/webhooks/modelslab/{track_id}/{secret}"
+NOT_CHARGED = "Your images were not charged."
+
+
+@dataclass(frozen=True, slots=True)
+class EnginePolicy:
+    max_concurrency: int = 5
+    webhook_grace: float = 15.0  # webhook mode: first poll this long after the eta
+    first_poll: float = 2.0  # polling mode: never sooner than this after the submit
+    poll_backoff: float = 1.5
+    max_poll_interval: float = 60.0
+    max_poll_attempts: int = 60
+    fetch_error_attempts: int = 3  # a fetch answering "error" this often ends the job
+    unknown_outcome_wait: float = 900.0  # a submit that may have arrived: wait for its webhook
+    not_sent_retry: float = 3.0
+    max_submit_attempts: int = 5
+    delivery_retry: float = 2.0
+    max_delivery_attempts: int = 5
+    sweep_interval: float = 30.0
+    tick: float = 1.0
+
+
+class JobEngine:
+    def __init__(
+        self,
+        store: JobStore,
+        client: ModelsLabClient,
+        delivery: Delivery,
+        downloader: OutputDownloader,
+        *,
+        policy: EnginePolicy | None = None,
+        public_base_url: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.client = client
+        self.delivery = delivery
+        self.downloader = downloader
+        self.policy = policy or EnginePolicy()
+        self.public_base_url = public_base_url.rstrip("/") if public_base_url else None
+        self.clock = clock
+        self._wake_dispatch = asyncio.Event()
+        self._wake_poll = asyncio.Event()
+        self._paused_until = 0.0
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._loops: list[asyncio.Task[Any]] = []
+        self._finishing: set[str] = set()
+        self._polling: set[str] = set()
+        self._accepting = False
+        self._last_sweep = 0.0
+
+    # --- life cycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Resume every unfinished job, then start dispatching and polling."""
+        await self._recover()
+        self._accepting = True
+        self._loops = [asyncio.create_task(self._dispatch_loop(), name="jobs-dispatch"),
+                       asyncio.create_task(self._poll_loop(), name="jobs-poll")]
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop taking work, let in-flight steps finish (up to ``grace``), leave the rest
+        resumable in the store."""
+        self._accepting = False
+        for task in self._loops:
+            task.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting
+
+    def webhook_url(self, track_id: str, secret: str) -> str | None:
+        if self.public_base_url is None:
+            return None
+        return self.public_base_url + WEBHOOK_ROUTE.format(track_id=track_id, secret=secret)
+
+    # --- intake -------------------------------------------------------------------------
+
+    async def enqueue(self, new: NewJob) -> Job:
+        """Persist a new job (queued) and wake the dispatcher. Nothing is sent before this."""
+        job = await self.store.create(new, now=self.clock())
+        self._wake_dispatch.set()
+        await self._progress(job)
+        return job
+
+    def accept_result(self, track_id: str, response: ApiResponse) -> None:
+        """An authenticated webhook's answer: handled after the HTTP reply is sent."""
+        self._spawn(self._on_result(track_id, response), f"webhook-{track_id}")
+
+    # --- dispatch -----------------------------------------------------------------------
+
+    async def _dispatch_loop(self) -> None:
+        while True:
+            self._wake_dispatch.clear()
+            try:
+                await self._dispatch_ready()
+                wait = await self._dispatch_wait()
+            except Exception:
+                log.exception("dispatch step failed; trying again shortly")
+                wait = self.policy.tick
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake_dispatch.wait(), wait)
+
+    async def _dispatch_ready(self) -> None:
+        while self._accepting:
+            now = self.clock()
+            if now < self._paused_until:
+                return
+            if await self.store.in_flight() >= self.policy.max_concurrency:
+                return
+            claimed = await self.store.claim_next(now)
+            if claimed is None:
+                return
+            job, secret = claimed
+            self._spawn(self._submit(job, secret), f"submit-{job.track_id}")
+
+    async def _dispatch_wait(self) -> float:
+        now = self.clock()
+        if now < self._paused_until:
+            return max(0.01, self._paused_until - now)
+        next_ready = await self.store.next_queued_time()
+        if next_ready is not None and next_ready > now:
+            return max(0.01, min(self.policy.tick, next_ready - now))
+        return self.policy.tick
+
+    async def _submit(self, job: Job, secret: str) -> None:
+        track_id = job.track_id
+        endpoint = endpoint_named(job.endpoint)
+        webhook = self.webhook_url(track_id, secret)
+        try:
+            response = await self.client.submit(endpoint, job.payload, webhook=webhook)
+        except RateLimited as exc:
+            until = self.clock() + exc.retry_after
+            self._paused_until = max(self._paused_until, until)
+            log.warning("job %s: ModelsLab rate limit; back in the queue for %.0fs",
+                        track_id, exc.retry_after)
+            await self.store.requeue(track_id, not_before=until)
+        except NotSent as exc:
+            if job.submit_attempts >= self.policy.max_submit_attempts:
+                await self._fail(track_id, f"ModelsLab could not be reached ({exc}). "
+                                 + NOT_CHARGED)
+            else:
+                log.warning("job %s: %s; will try again", track_id, exc)
+                await self.store.requeue(
+                    track_id, not_before=self.clock()
+                    + self.policy.not_sent_retry * job.submit_attempts)
+        except Rejected as exc:
+            await self._fail(track_id, f"ModelsLab refused the job: {exc.message}. "
+                             + NOT_CHARGED)
+        except MissingKey as exc:
+            await self._fail(track_id, str(exc)[:1].upper() + str(exc)[1:] + ".")
+        except OutcomeUnknown as exc:
+            # Submitting again could charge twice; only the webhook can still tell us.
+            if webhook is not None:
+                log.warning("job %s: %s; waiting for its webhook", track_id, exc)
+                await self.store.wait_for_webhook(
+                    track_id, until=self.clock() + self.policy.unknown_outcome_wait)
+            else:
+                await self._fail(track_id, f"ModelsLab did not answer ({exc}). "
+                                 + NOT_CHARGED)
+        except Exception:
+            log.exception("job %s: submit failed unexpectedly", track_id)
+            await self._fail(track_id, "Something went wrong while sending the job. "
+                             + NOT_CHARGED)
+        else:
+            await self._on_submitted(job, response, webhook is not None)
+        finally:
+            self._wake_dispatch.set()
+
+    async def _on_submitted(self, job: Job, response: ApiResponse, webhook: bool) -> None:
+        if response.status is ApiStatus.SUCCESS and response.output:
+            await self._on_result(job.track_id, response)
+            return
+        now = self.clock()
+        eta = response.eta if response.eta is not None else 10.0
+        if webhook:
+            first_poll = now + eta + self.policy.webhook_grace
+        else:
+            first_poll = now + max(eta, self.policy.first_poll)
+        moved = await self.store.mark_processing(
+            job.track_id, request_id=response.request_id, eta=eta,
+            fetch_url=response.fetch_result, future_links=response.future_links,
+            next_poll_at=first_poll, now=now)
+        if moved:
+            self._wake_poll.set()
+            current = await self.store.get(job.track_id)
+            if current is not None:
+                await self._progress(current)
+
+    # --- results ------------------------------------------------------------------------
+
+    async def _on_result(self, track_id: str, response: ApiResponse) -> None:
+        now = self.clock()
+        if response.status is ApiStatus.SUCCESS:
+            if not response.output:
+                won = await self.store.mark_failed(
+                    track_id, error="ModelsLab reported success but sent no images. "
+                    + NOT_CHARGED, now=now)
+            else:
+                won = await self.store.mark_succeeded(
+                    track_id, outputs=response.output, nsfw=response.nsfw, seed=response.seed,
+                    request_id=response.request_id, now=now)
+        elif response.status in (ApiStatus.FAILED, ApiStatus.ERROR):
+            won = await self.store.mark_failed(
+                track_id, error=f"ModelsLab could not make the image: "
+                f"{response.readable_error}. " + NOT_CHARGED, now=now)
+        else:
+            return  # still processing: nothing to do
+        if won:
+            self._wake_dispatch.set()  # an API slot is free
+            await self._finish(track_id)
+
+    async def _fail(self, track_id: str, error: str) -> None:
+        if await self.store.mark_failed(track_id, error=error, now=self.clock()):
+            self._wake_dispatch.set()
+            await self._finish(track_id)
+
+    async def _finish(self, track_id: str) -> None:
+        """Download (if needed) and deliver; one at a time per job in this process."""
+        if track_id in self._finishing:
+            return
+        self._finishing.add(track_id)
+        try:
+            job = await self.store.get(track_id)
+            if job is None:
+                return
+            if job.status is JobStatus.SUCCEEDED and not job.downloaded:
+                try:
+                    outputs = await self.downloader.download_all(track_id, job.outputs)
+                except DownloadError as exc:
+                    await self.store.mark_failed(
+                        track_id, error=f"The result could not be downloaded: {exc}.",
+                        now=self.clock())
+                else:
+                    await self.store.save_outputs(track_id, outputs)
+            await self._deliver(track_id)
+        finally:
+            self._finishing.discard(track_id)
+
+    async def _deliver(self, track_id: str) -> None:
+        for attempt in range(1, self.policy.max_delivery_attempts + 1):
+            job = await self.store.get(track_id)
+            if job is None or job.status not in (JobStatus.SUCCEEDED, JobStatus.FAILED):
+                return
+            if job.delivering_since is not None:
+                # A delivery was under way when the bot stopped: it may have been posted.
+                existing = await self.delivery.find_delivered(job)
+                if existing is not None:
+                    await self.store.mark_delivered(track_id, message_id=existing,
+                                                    now=self.clock())
+                    return
+            job = await self.store.begin_delivery(track_id, now=self.clock())
+            if job is None:
+                return
+            outputs = (await self.store.outputs(track_id)
+                       if job.status is JobStatus.SUCCEEDED else [])
+            try:
+                message_id = await self.delivery.deliver(job, outputs)
+            except Exception as exc:
+                await self.store.end_delivery_attempt(track_id)
+                log.warning("job %s: delivery attempt %d failed: %s", track_id, attempt, exc)
+                await asyncio.sleep(self.policy.delivery_retry * attempt)
+                continue
+            await self.store.mark_delivered(track_id, message_id=message_id, now=self.clock())
+            return
+        log.error("job %s: not delivered after %d attempts; will retry later",
+                  track_id, self.policy.max_delivery_attempts)
+
+    # --- polling ------------------------------------------------------------------------
+
+    async def _poll_loop(self) -> None:
+        while True:
+            self._wake_poll.clear()
+            wait = self.policy.tick
+            try:
+                now = self.clock()
+                for job in await self.store.due_polls(now):
+                    if job.track_id not in self._polling:
+                        self._polling.add(job.track_id)
+                        self._spawn(self._poll(job), f"poll-{job.track_id}")
+                if now - self._last_sweep >= self.policy.sweep_interval:
+                    self._last_sweep = now
+                    await self._sweep()
+                next_poll = await self.store.next_poll_time()
+                if next_poll is not None:
+                    wait = max(0.01, min(wait, next_poll - self.clock()))
+            except Exception:
+                log.exception("poll step failed; trying again shortly")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake_poll.wait(), wait)
+
+    def _backoff(self, attempts: int) -> float:
+        return min(self.policy.max_poll_interval,
+                   self.policy.first_poll * self.policy.poll_backoff ** attempts)
+
+    async def _poll(self, job: Job) -> None:
+        track_id = job.track_id
+        try:
+            if job.status is JobStatus.SUBMITTED:
+                await self._fail(track_id, "ModelsLab never confirmed this job. " + NOT_CHARGED)
+                return
+            if job.poll_attempts >= self.policy.max_poll_attempts or job.request_id is None:
+                await self._fail(track_id, "ModelsLab did not finish the job in time. "
+                                 + NOT_CHARGED)
+                return
+            endpoint = endpoint_named(job.endpoint)
+            try:
+                response = await self.client.fetch(endpoint, job.request_id,
+                                                   fetch_url=job.fetch_url)
+            except RateLimited as exc:
+                await self.store.schedule_poll(track_id, at=self.clock() + exc.retry_after)
+                return
+            except TransientError as exc:
+                log.info("job %s: fetch failed (%s); polling again later", track_id, exc)
+                await self.store.schedule_poll(
+                    track_id, at=self.clock() + self._backoff(job.poll_attempts))
+                return
+            except MissingKey as exc:
+                await self._fail(track_id, str(exc))
+                return
+            if response.status is ApiStatus.ERROR and (
+                    job.poll_attempts + 1 < self.policy.fetch_error_attempts):
+                await self.store.schedule_poll(
+                    track_id, at=self.clock() + self._backoff(job.poll_attempts))
+            elif response.ended and (response.output or response.status is not ApiStatus.SUCCESS):
+                await self._on_result(track_id, response)
+            else:
+                await self.store.schedule_poll(
+                    track_id, at=self.clock() + self._backoff(job.poll_attempts))
+        finally:
+            self._polling.discard(track_id)
+            self._wake_poll.set()
+
+    # --- recovery -----------------------------------------------------------------------
+
+    async def _recover(self) -> None:
+        now = self.clock()
+        counts: dict[str, int] = {}
+        for job in await self.store.unfinished():
+            counts[job.status] = counts.get(job.status, 0) + 1
+            if job.status is JobStatus.SUBMITTED:
+                # The submit may or may not have reached ModelsLab before the stop.
+                if self.public_base_url is not None:
+                    until = max(job.next_poll_at or 0.0,
+                                (job.submitted_at or now) + self.policy.unknown_outcome_wait)
+                    await self.store.wait_for_webhook(job.track_id, until=until)
+                else:
+                    await self._fail_later(job.track_id, "The bot restarted while sending "
+                                           "this job, and ModelsLab never confirmed it. "
+                                           + NOT_CHARGED)
+            elif job.status is JobStatus.PROCESSING:
+                await self.store.schedule_poll(job.track_id, at=now)
+            elif job.status in (JobStatus.SUCCEEDED, JobStatus.FAILED):
+                self._spawn(self._finish(job.track_id), f"finish-{job.track_id}")
+        if counts:
+            log.info("resuming unfinished jobs: %s",
+                     ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+
+    async def _fail_later(self, track_id: str, error: str) -> None:
+        if await self.store.mark_failed(track_id, error=error, now=self.clock()):
+            self._spawn(self._finish(track_id), f"finish-{track_id}")
+
+    async def _sweep(self) -> None:
+        """Deliveries that failed earlier get another chance."""
+        for job in await self.store.undelivered():
+            if job.track_id not in self._finishing:
+                self._spawn(self._finish(job.track_id), f"finish-{job.track_id}")
+
+    # --- helpers ------------------------------------------------------------------------
+
+    async def _progress(self, job: Job) -> None:
+        try:
+            position = (await self.store.queue_position(job.track_id)
+                        if job.status is JobStatus.QUEUED else None)
+            await self.delivery.progress(job, position)
+        except Exception:
+            log.exception("job %s: status update failed", job.track_id)
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s failed", task.get_name(), exc_info=task.exception())

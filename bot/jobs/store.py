@@ -1,0 +1,426 @@
+"""The SQLite job store: every job from the moment it is asked for, with atomic transitions.
+
+One aiosqlite connection in WAL mode; every write runs inside ``BEGIN IMMEDIATE`` under an
+asyncio lock, so a transition's check and its change are one step. A transition names the
+states it may start from (see ``models.TRANSITIONS``) and reports whether it happened: the
+loser of a race (a webhook against a poll, a repeated webhook) simply gets ``False``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from bot.jobs.models import (
+    IN_FLIGHT,
+    UNFINISHED,
+    Job,
+    JobStatus,
+    NewJob,
+    Output,
+    sources_of,
+)
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: jobs, their downloaded outputs, and small key-value state.
+    """
+    CREATE TABLE jobs (
+        track_id TEXT PRIMARY KEY,
+        seq INTEGER NOT NULL UNIQUE,
+        webhook_secret_hash TEXT,
+        endpoint TEXT NOT NULL,
+        status TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        options TEXT NOT NULL DEFAULT '{}',
+        user_id INTEGER NOT NULL,
+        guild_id INTEGER,
+        channel_id INTEGER NOT NULL,
+        interaction_token TEXT,
+        token_expires_at REAL,
+        application_id INTEGER,
+        images INTEGER NOT NULL,
+        parent_track_id TEXT REFERENCES jobs(track_id),
+        request_id TEXT,
+        fetch_url TEXT,
+        eta REAL,
+        outputs TEXT NOT NULL DEFAULT '[]',
+        future_links TEXT NOT NULL DEFAULT '[]',
+        nsfw INTEGER NOT NULL DEFAULT 0,
+        seed INTEGER,
+        error TEXT,
+        created_at REAL NOT NULL,
+        submitted_at REAL,
+        processing_at REAL,
+        result_at REAL,
+        finished_at REAL,
+        delivered_at REAL,
+        submit_attempts INTEGER NOT NULL DEFAULT 0,
+        poll_attempts INTEGER NOT NULL DEFAULT 0,
+        delivery_attempts INTEGER NOT NULL DEFAULT 0,
+        next_poll_at REAL,
+        not_before REAL,
+        dispatch_seq INTEGER,
+        downloaded INTEGER NOT NULL DEFAULT 0,
+        delivering_since REAL,
+        result_message_id INTEGER
+    );
+    CREATE INDEX jobs_by_status ON jobs(status, seq);
+    CREATE INDEX jobs_by_user ON jobs(user_id, status);
+    CREATE TABLE job_outputs (
+        track_id TEXT NOT NULL REFERENCES jobs(track_id) ON DELETE CASCADE,
+        idx INTEGER NOT NULL,
+        filename TEXT NOT NULL,
+        content_type TEXT NOT NULL,
+        data BLOB NOT NULL,
+        source_url TEXT NOT NULL,
+        PRIMARY KEY (track_id, idx)
+    );
+    CREATE TABLE state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    """,
+)
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def new_track_id() -> str:
+    return secrets.token_urlsafe(18)
+
+
+def _placeholders(values: Sequence[Any]) -> str:
+    return ",".join("?" * len(values))
+
+
+class JobStore:
+    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
+        self._db = db
+        self.path = path
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: str | Path) -> JobStore:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = await aiosqlite.connect(path, isolation_level=None)
+        db.row_factory = aiosqlite.Row
+        await db.execute("PRAGMA journal_mode=WAL")
+        await db.execute("PRAGMA synchronous=NORMAL")
+        await db.execute("PRAGMA foreign_keys=ON")
+        await db.execute("PRAGMA busy_timeout=5000")
+        store = cls(db, path)
+        await store._migrate()
+        return store
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    async def _migrate(self) -> None:
+        async with self._db.execute("PRAGMA user_version") as cur:
+            (version,) = await cur.fetchone()
+        for number, script in enumerate(MIGRATIONS, start=1):
+            if number <= version:
+                continue
+            log.info("applying database migration %d", number)
+            statements = [s.strip() for s in script.split(";") if s.strip()]
+            async with self._write():
+                for statement in statements:
+                    await self._db.execute(statement)
+                await self._db.execute(f"PRAGMA user_version={number}")
+
+    @asynccontextmanager
+    async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
+        """One write transaction; the lock keeps coroutines from interleaving statements."""
+        async with self._lock:
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                await self._db.execute("ROLLBACK")
+                raise
+            await self._db.execute("COMMIT")
+
+    transaction = _write  # for services (quotas) that must change their rows with a job's
+
+    async def ping(self) -> bool:
+        try:
+            async with self._db.execute("SELECT 1") as cur:
+                return (await cur.fetchone())[0] == 1
+        except Exception:
+            return False
+
+    # --- reading ------------------------------------------------------------------------
+
+    async def get(self, track_id: str) -> Job | None:
+        async with self._db.execute("SELECT * FROM jobs WHERE track_id = ?", (track_id,)) as cur:
+            row = await cur.fetchone()
+        return Job.from_row(row) if row else None
+
+    async def _jobs(self, where: str, params: Iterable[Any] = ()) -> list[Job]:
+        async with self._db.execute(f"SELECT * FROM jobs WHERE {where}", tuple(params)) as cur:
+            return [Job.from_row(row) for row in await cur.fetchall()]
+
+    async def unfinished(self) -> list[Job]:
+        return await self._jobs(f"status IN ({_placeholders(UNFINISHED)}) ORDER BY seq", UNFINISHED)
+
+    async def count(self, *statuses: JobStatus) -> int:
+        async with self._db.execute(
+            f"SELECT COUNT(*) FROM jobs WHERE status IN ({_placeholders(statuses)})", statuses
+        ) as cur:
+            return (await cur.fetchone())[0]
+
+    async def counts(self) -> dict[JobStatus, int]:
+        """Jobs by status, in one consistent read."""
+        async with self._db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status") as cur:
+            found = {JobStatus(status): n for status, n in await cur.fetchall()}
+        return {status: found.get(status, 0) for status in JobStatus}
+
+    async def in_flight(self) -> int:
+        return await self.count(*IN_FLIGHT)
+
+    async def queue_depth(self) -> int:
+        return await self.count(JobStatus.QUEUED)
+
+    async def queue_position(self, track_id: str) -> int | None:
+        """1-based place among queued jobs in arrival order; None when not queued."""
+        async with self._db.execute(
+            "SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND seq <= "
+            "(SELECT seq FROM jobs WHERE track_id = ? AND status = 'queued')", (track_id,)
+        ) as cur:
+            (position,) = await cur.fetchone()
+        return position or None
+
+    async def due_polls(self, now: float, limit: int = 50) -> list[Job]:
+        return await self._jobs(
+            "status IN ('submitted', 'processing') AND next_poll_at IS NOT NULL "
+            "AND next_poll_at <= ? ORDER BY next_poll_at LIMIT ?", (now, limit))
+
+    async def next_poll_time(self) -> float | None:
+        async with self._db.execute(
+            "SELECT MIN(next_poll_at) FROM jobs WHERE status IN ('submitted', 'processing')"
+        ) as cur:
+            return (await cur.fetchone())[0]
+
+    async def next_queued_time(self) -> float | None:
+        async with self._db.execute(
+            "SELECT MIN(COALESCE(not_before, 0)) FROM jobs WHERE status = 'queued'"
+        ) as cur:
+            return (await cur.fetchone())[0]
+
+    async def undelivered(self) -> list[Job]:
+        return await self._jobs(
+            "(status = 'failed' OR (status = 'succeeded' AND downloaded = 1)) ORDER BY seq")
+
+    async def outputs(self, track_id: str) -> list[Output]:
+        async with self._db.execute(
+            "SELECT idx, filename, content_type, data, source_url FROM job_outputs "
+            "WHERE track_id = ? ORDER BY idx", (track_id,)
+        ) as cur:
+            rows = await cur.fetchall()
+        return [Output(r["idx"], r["filename"], r["content_type"], bytes(r["data"]),
+                       r["source_url"]) for r in rows]
+
+    async def authenticate(self, track_id: str, secret: str) -> Job | None:
+        """The job, if ``secret`` is its webhook secret; None for anything else."""
+        job_hash = None
+        async with self._db.execute(
+            "SELECT webhook_secret_hash FROM jobs WHERE track_id = ?", (track_id,)
+        ) as cur:
+            row = await cur.fetchone()
+            if row is not None:
+                job_hash = row[0]
+        # Compare even when there is nothing to compare with, so timing says nothing.
+        matches = hmac.compare_digest(hash_secret(secret), job_hash or "0" * 64)
+        return await self.get(track_id) if matches and job_hash else None
+
+    # --- writing ------------------------------------------------------------------------
+
+    async def create(self, new: NewJob, *, now: float | None = None) -> Job:
+        """Write the job row, status queued, before anything is sent anywhere."""
+        now = time.time() if now is None else now
+        track_id = new_track_id()
+        r = new.requester
+        async with self._write() as db:
+            await db.execute(
+                "INSERT INTO jobs (track_id, seq, endpoint, status, payload, options, user_id, "
+                "guild_id, channel_id, interaction_token, token_expires_at, application_id, "
+                "images, parent_track_id, created_at) VALUES (?, "
+                "(SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs), ?, 'queued', ?, ?, ?, ?, ?, ?, "
+                "?, ?, ?, ?, ?)",
+                (track_id, new.endpoint, json.dumps({**new.payload, "track_id": track_id}),
+                 json.dumps(new.options), r.user_id, r.guild_id, r.channel_id,
+                 r.interaction_token, r.token_expires_at, r.application_id, new.images,
+                 new.parent_track_id, now),
+            )
+        job = await self.get(track_id)
+        assert job is not None
+        return job
+
+    async def claim_next(self, now: float) -> tuple[Job, str] | None:
+        """Move the next job, fairly chosen, from queued to submitted; returns it and a fresh
+        webhook secret (only its hash is stored).
+
+        Fair: among members with a ready job, the one served least recently goes first
+        (members never served before come first), and within a member, oldest first.
+        """
+        secret = secrets.token_urlsafe(32)
+        async with self._write() as db:
+            async with db.execute(
+                """
+                WITH ready AS (
+                    SELECT user_id, MIN(seq) AS first_seq FROM jobs
+                    WHERE status = 'queued' AND COALESCE(not_before, 0) <= ?
+                    GROUP BY user_id
+                ), served AS (
+                    SELECT user_id, MAX(dispatch_seq) AS last_turn FROM jobs
+                    WHERE dispatch_seq IS NOT NULL GROUP BY user_id
+                )
+                SELECT j.track_id FROM ready
+                JOIN jobs j ON j.seq = ready.first_seq
+                LEFT JOIN served ON served.user_id = ready.user_id
+                ORDER BY COALESCE(served.last_turn, 0), ready.first_seq
+                LIMIT 1
+                """,
+                (now,),
+            ) as cur:
+                row = await cur.fetchone()
+            if row is None:
+                return None
+            await db.execute(
+                "UPDATE jobs SET status = 'submitted', submitted_at = ?, "
+                "submit_attempts = submit_attempts + 1, webhook_secret_hash = ?, "
+                "not_before = NULL, next_poll_at = NULL, "
+                "dispatch_seq = (SELECT COALESCE(MAX(dispatch_seq), 0) + 1 FROM jobs) "
+                "WHERE track_id = ? AND status = 'queued'",
+                (now, hash_secret(secret), row[0]),
+            )
+        job = await self.get(row[0])
+        assert job is not None
+        return job, secret
+
+    async def _transition(self, track_id: str, target: JobStatus, sets: str = "",
+                          params: Sequence[Any] = (), *, extra_where: str = "") -> bool:
+        sources = sources_of(target)
+        assignments = "status = ?" + (", " + sets if sets else "")
+        async with self._write() as db:
+            cur = await db.execute(
+                f"UPDATE jobs SET {assignments} WHERE track_id = ? "
+                f"AND status IN ({_placeholders(sources)}) {extra_where}",
+                (target, *params, track_id, *sources),
+            )
+            return cur.rowcount == 1
+
+    async def requeue(self, track_id: str, *, not_before: float) -> bool:
+        """Back to the queue (a 429, or a submit that never left): keeps its place in line."""
+        return await self._transition(
+            track_id, JobStatus.QUEUED, "not_before = ?, webhook_secret_hash = NULL",
+            (not_before,), extra_where="AND request_id IS NULL")
+
+    async def mark_processing(self, track_id: str, *, request_id: str | None,
+                              eta: float | None, fetch_url: str | None,
+                              future_links: Sequence[str], next_poll_at: float,
+                              now: float) -> bool:
+        return await self._transition(
+            track_id, JobStatus.PROCESSING,
+            "request_id = ?, eta = ?, fetch_url = ?, future_links = ?, next_poll_at = ?, "
+            "processing_at = ?",
+            (request_id, eta, fetch_url, json.dumps(list(future_links)), next_poll_at, now))
+
+    async def wait_for_webhook(self, track_id: str, *, until: float) -> bool:
+        """A submit whose outcome is unknown: keep its slot, give up at ``until``."""
+        async with self._write() as db:
+            cur = await db.execute(
+                "UPDATE jobs SET next_poll_at = ? WHERE track_id = ? AND status = 'submitted'",
+                (until, track_id))
+            return cur.rowcount == 1
+
+    async def mark_succeeded(self, track_id: str, *, outputs: Sequence[str], nsfw: bool,
+                             seed: int | None, request_id: str | None, now: float) -> bool:
+        return await self._transition(
+            track_id, JobStatus.SUCCEEDED,
+            "outputs = ?, nsfw = ?, seed = COALESCE(?, seed), "
+            "request_id = COALESCE(request_id, ?), result_at = ?, finished_at = ?, "
+            "next_poll_at = NULL",
+            (json.dumps(list(outputs)), int(nsfw), seed, request_id, now, now))
+
+    async def mark_failed(self, track_id: str, *, error: str, now: float) -> bool:
+        return await self._transition(
+            track_id, JobStatus.FAILED,
+            "error = ?, result_at = COALESCE(result_at, ?), finished_at = ?, next_poll_at = NULL",
+            (error, now, now))
+
+    async def schedule_poll(self, track_id: str, *, at: float) -> bool:
+        async with self._write() as db:
+            cur = await db.execute(
+                "UPDATE jobs SET next_poll_at = ?, poll_attempts = poll_attempts + 1 "
+                "WHERE track_id = ? AND status IN ('submitted', 'processing')", (at, track_id))
+            return cur.rowcount == 1
+
+    async def save_outputs(self, track_id: str, outputs: Sequence[Output]) -> bool:
+        """Keep the downloaded images until delivery; once only."""
+        async with self._write() as db:
+            cur = await db.execute(
+                "UPDATE jobs SET downloaded = 1 WHERE track_id = ? AND status = 'succeeded' "
+                "AND downloaded = 0", (track_id,))
+            if cur.rowcount != 1:
+                return False
+            await db.executemany(
+                "INSERT INTO job_outputs (track_id, idx, filename, content_type, data, "
+                "source_url) VALUES (?, ?, ?, ?, ?, ?)",
+                [(track_id, o.index, o.filename, o.content_type, o.data, o.source_url)
+                 for o in outputs])
+            return True
+
+    async def begin_delivery(self, track_id: str, *, now: float) -> Job | None:
+        """Note that a delivery is starting (so a crash mid-post can be checked on restart)."""
+        async with self._write() as db:
+            cur = await db.execute(
+                "UPDATE jobs SET delivering_since = COALESCE(delivering_since, ?), "
+                "delivery_attempts = delivery_attempts + 1 WHERE track_id = ? AND "
+                "(status = 'failed' OR (status = 'succeeded' AND downloaded = 1))",
+                (now, track_id))
+            if cur.rowcount != 1:
+                return None
+        return await self.get(track_id)
+
+    async def end_delivery_attempt(self, track_id: str) -> None:
+        """The attempt posted nothing: a restart need not look for its message."""
+        async with self._write() as db:
+            await db.execute("UPDATE jobs SET delivering_since = NULL WHERE track_id = ?",
+                             (track_id,))
+
+    async def mark_delivered(self, track_id: str, *, message_id: int | None,
+                             now: float) -> bool:
+        """Final. The downloaded images are dropped: Discord holds them now."""
+        async with self._write() as db:
+            cur = await db.execute(
+                "UPDATE jobs SET status = 'delivered', delivered_at = ?, result_message_id = ?, "
+                "interaction_token = NULL WHERE track_id = ? AND status IN ('succeeded', 'failed')",
+                (now, message_id, track_id))
+            if cur.rowcount != 1:
+                return False
+            await db.execute("DELETE FROM job_outputs WHERE track_id = ?", (track_id,))
+            return True
+
+    async def get_state(self, key: str) -> str | None:
+        async with self._db.execute("SELECT value FROM state WHERE key = ?", (key,)) as cur:
+            row = await cur.fetchone()
+        return row[0] if row else None
+
+    async def set_state(self, key: str, value: str) -> None:
+        async with self._write() as db:
+            await db.execute("INSERT INTO state (key, value) VALUES (?, ?) ON CONFLICT(key) "
+                             "DO UPDATE SET value = excluded.value", (key, value))

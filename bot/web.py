@@ -1,0 +1,152 @@
+"""The bot's web server: ``GET /healthz`` and ModelsLab's webhooks.
+
+The webhook route is on the public internet and ModelsLab signs nothing. So each job's
+webhook URL carries a per-job secret (stored hashed), checked before the body is even read;
+anything without it gets the same 404 as a path that does not exist, and changes nothing.
+Bodies are size-capped and validated, and output URLs are accepted only on the hosts the job
+was told to expect. The route answers at once; the work happens after.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from bot.jobs.engine import WEBHOOK_ROUTE, JobEngine
+from bot.jobs.models import IN_FLIGHT, Job, JobStatus
+from bot.modelslab.responses import ApiStatus, MalformedResponse, parse_response
+
+log = logging.getLogger(__name__)
+
+ENGINE = web.AppKey("engine", JobEngine)
+MAX_WEBHOOK_BYTES = 64 * 1024
+# ModelsLab's output hosts (its CDN buckets and its own domains), by domain suffix, https only.
+OUTPUT_HOST_SUFFIXES: tuple[str, ...] = (
+    "r2.dev", "cloudfront.net", "amazonaws.com", "modelslab.com", "modelslab.ai",
+    "stablediffusionapi.com",
+)
+
+
+def _json(status: int, body: dict[str, object]) -> web.Response:
+    return web.Response(status=status, text=json.dumps(body), content_type="application/json")
+
+
+def _not_found() -> web.Response:
+    return _json(404, {"error": "not found"})
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), port or (443 if scheme == "https" else 80)
+
+
+def outputs_allowed(job: Job, urls: Iterable[str], api_base_url: str) -> bool:
+    """True when every URL is on a host this job's outputs may come from."""
+    expected = {_origin(u) for u in (*job.future_links, *job.outputs)}
+    expected.add(_origin(api_base_url))
+    for url in urls:
+        origin = _origin(url)
+        if origin in expected:
+            continue
+        scheme, host, _ = origin
+        if scheme == "https" and any(host == s or host.endswith("." + s)
+                                     for s in OUTPUT_HOST_SUFFIXES):
+            continue
+        return False
+    return True
+
+
+async def healthz(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    database_ok = await engine.store.ping()
+    body: dict[str, object] = {"status": "ok" if database_ok else "degraded",
+                               "database": "ok" if database_ok else "unreachable"}
+    if database_ok:
+        counts = await engine.store.counts()
+        body["queue_depth"] = counts[JobStatus.QUEUED]
+        body["in_flight"] = sum(counts[s] for s in IN_FLIGHT)
+    return _json(200 if database_ok else 503, body)
+
+
+async def modelslab_webhook(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    track_id = request.match_info["track_id"]
+    secret = request.match_info["secret"]
+    if len(track_id) > 64 or len(secret) > 128:
+        return _not_found()
+    job = await engine.store.authenticate(track_id, secret)
+    if job is None:
+        log.warning("webhook refused: no job matches the path")
+        return _not_found()
+
+    if request.content_length is not None and request.content_length > MAX_WEBHOOK_BYTES:
+        return _json(413, {"error": "body too large"})
+    raw = await request.content.read(MAX_WEBHOOK_BYTES + 1)
+    if len(raw) > MAX_WEBHOOK_BYTES:
+        return _json(413, {"error": "body too large"})
+    try:
+        data = json.loads(raw)
+        if not isinstance(data, dict):
+            raise MalformedResponse("not an object")
+        response = parse_response(200, data)
+    except (ValueError, MalformedResponse):
+        log.warning("job %s: malformed webhook body refused", track_id)
+        return _json(400, {"error": "malformed body"})
+    if response.track_id is not None and response.track_id != track_id:
+        log.warning("job %s: webhook names another track_id; refused", track_id)
+        return _json(400, {"error": "track_id does not match"})
+    if response.request_id and job.request_id and response.request_id != job.request_id:
+        log.warning("job %s: webhook names another request id; refused", track_id)
+        return _json(400, {"error": "id does not match"})
+    if response.status is ApiStatus.SUCCESS:
+        if not response.output:
+            return _json(422, {"error": "success without outputs"})
+        if not outputs_allowed(job, response.output, engine.client.base_url):
+            log.warning("job %s: webhook outputs on unexpected hosts; refused", track_id)
+            return _json(422, {"error": "outputs on unexpected hosts"})
+
+    if job.status in (JobStatus.SUBMITTED, JobStatus.PROCESSING):
+        log.info("job %s: webhook %s received", track_id, response.status)
+        engine.accept_result(track_id, response)
+    else:
+        log.info("job %s: repeated webhook (%s) ignored", track_id, job.status)
+    return _json(200, {"ok": True})
+
+
+def create_app(engine: JobEngine) -> web.Application:
+    app = web.Application(client_max_size=MAX_WEBHOOK_BYTES)
+    app[ENGINE] = engine
+    app.router.add_get("/healthz", healthz)
+    app.router.add_post(WEBHOOK_ROUTE, modelslab_webhook)
+    return app
+
+
+class WebServer:
+    """The app on an ``AppRunner``/``TCPSite``, inside the bot's own event loop."""
+
+    def __init__(self, app: web.Application, host: str, port: int) -> None:
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                                     shutdown_timeout=5)
+        self._host, self._port = host, port
+        self.port: int | None = None
+
+    async def start(self) -> None:
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._host, self._port)
+        await site.start()
+        server = site._server  # the bound port, when 0 asked for any free one
+        sockets = getattr(server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else self._port
+        log.info("web server listening on %s:%s", self._host, self.port)
+
+    async def stop(self) -> None:
+        await self._runner.cleanup()

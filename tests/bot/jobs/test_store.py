@@ -1,0 +1,155 @@
+"""The job store on a real SQLite file: transitions, fairness, secrets, migrations."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from bot.jobs.models import JobStatus, NewJob, Output, Requester
+from bot.jobs.store import MIGRATIONS, JobStore
+
+
+def new_job(user: int = 1, **extra) -> NewJob:
+    return NewJob(endpoint="v6", payload={"prompt": "p", "samples": 1},
+                  requester=Requester(user_id=user, guild_id=10, channel_id=20,
+                                      interaction_token="tok", token_expires_at=900.0),
+                  images=1, options={"prompt": "p"}, **extra)
+
+
+@pytest.fixture
+async def store(tmp_path):
+    s = await JobStore.open(tmp_path / "data" / "bot.sqlite3")
+    yield s
+    await s.close()
+
+
+async def test_a_new_job_is_queued_and_persisted_with_its_payload(store, tmp_path):
+    job = await store.create(new_job(), now=100.0)
+    assert job.status is JobStatus.QUEUED
+    assert job.payload["track_id"] == job.track_id  # the exact body that will be sent
+    assert len(job.track_id) >= 24
+    row = sqlite3.connect(tmp_path / "data" / "bot.sqlite3").execute(
+        "SELECT status, user_id, interaction_token FROM jobs").fetchone()
+    assert row == ("queued", 1, "tok")
+
+
+async def test_database_uses_wal_and_records_its_schema_version(store, tmp_path):
+    db = sqlite3.connect(tmp_path / "data" / "bot.sqlite3")
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+
+
+async def test_reopening_keeps_jobs_and_does_not_migrate_again(tmp_path):
+    path = tmp_path / "bot.sqlite3"
+    first = await JobStore.open(path)
+    job = await first.create(new_job())
+    await first.close()
+    again = await JobStore.open(path)
+    assert (await again.get(job.track_id)).status is JobStatus.QUEUED
+    await again.close()
+
+
+async def test_transitions_are_atomic_and_idempotent(store):
+    job = await store.create(new_job())
+    claimed, _secret = await store.claim_next(now=1.0)
+    assert claimed.track_id == job.track_id and claimed.status is JobStatus.SUBMITTED
+    assert await store.mark_processing(job.track_id, request_id="55", eta=3, fetch_url=None,
+                                       future_links=["https://cdn/x.png"], next_poll_at=5,
+                                       now=2) is True
+    assert await store.mark_processing(job.track_id, request_id="56", eta=3, fetch_url=None,
+                                       future_links=[], next_poll_at=5, now=2) is False
+    won = [await store.mark_succeeded(job.track_id, outputs=["https://cdn/x.png"], nsfw=False,
+                                      seed=1, request_id="55", now=3) for _ in range(3)]
+    assert won == [True, False, False]  # a webhook, its repeat and a poll: one wins
+    assert await store.mark_failed(job.track_id, error="late", now=4) is True  # e.g. download
+    assert await store.mark_delivered(job.track_id, message_id=9, now=5) is True
+    assert await store.mark_delivered(job.track_id, message_id=10, now=6) is False
+    final = await store.get(job.track_id)
+    assert final.status is JobStatus.DELIVERED and final.result_message_id == 9
+    assert final.request_id == "55" and final.requester.interaction_token is None
+    # nothing moves a delivered job
+    assert await store.mark_failed(job.track_id, error="x", now=7) is False
+    assert await store.requeue(job.track_id, not_before=0) is False
+
+
+async def test_illegal_moves_are_refused(store):
+    job = await store.create(new_job())
+    assert await store.mark_succeeded(job.track_id, outputs=["https://x/1.png"], nsfw=False,
+                                      seed=None, request_id=None, now=1) is False
+    assert await store.mark_delivered(job.track_id, message_id=None, now=1) is False
+    assert (await store.get(job.track_id)).status is JobStatus.QUEUED
+
+
+async def test_requeue_only_before_modelslab_gave_an_id(store):
+    job = await store.create(new_job())
+    await store.claim_next(now=1.0)
+    assert await store.requeue(job.track_id, not_before=50.0) is True
+    assert await store.claim_next(now=10.0) is None  # not before its time
+    assert (await store.claim_next(now=50.0))[0].track_id == job.track_id
+
+
+async def test_fair_order_round_robins_members(store):
+    for _ in range(4):
+        await store.create(new_job(user=1))
+    await store.create(new_job(user=2))
+    await store.create(new_job(user=3))
+    order = []
+    while (claimed := await store.claim_next(now=1.0)) is not None:
+        order.append(claimed[0].requester.user_id)
+    assert order == [1, 2, 3, 1, 1, 1]
+
+
+async def test_fairness_survives_reopening(tmp_path):
+    path = tmp_path / "db.sqlite3"
+    store = await JobStore.open(path)
+    for _ in range(3):
+        await store.create(new_job(user=1))
+    await store.claim_next(now=1.0)  # member 1 was just served
+    await store.create(new_job(user=2))
+    await store.close()
+    store = await JobStore.open(path)
+    assert (await store.claim_next(now=2.0))[0].requester.user_id == 2
+    await store.close()
+
+
+async def test_webhook_secret_is_stored_hashed_and_checked(store, tmp_path):
+    job = await store.create(new_job())
+    _, secret = await store.claim_next(now=1.0)
+    assert (await store.authenticate(job.track_id, secret)).track_id == job.track_id
+    assert await store.authenticate(job.track_id, secret + "x") is None
+    assert await store.authenticate(job.track_id, "") is None
+    assert await store.authenticate("unknown", secret) is None
+    raw = (tmp_path / "data" / "bot.sqlite3").read_bytes()
+    wal = tmp_path / "data" / "bot.sqlite3-wal"
+    raw += wal.read_bytes() if wal.exists() else b""
+    assert secret.encode() not in raw
+
+
+async def test_a_queued_job_has_no_valid_secret(store):
+    job = await store.create(new_job())
+    assert await store.authenticate(job.track_id, "anything") is None
+
+
+async def test_outputs_are_kept_until_delivered(store):
+    job = await store.create(new_job())
+    await store.claim_next(now=1.0)
+    await store.mark_succeeded(job.track_id, outputs=["https://x/1.png"], nsfw=True, seed=3,
+                               request_id="1", now=2)
+    out = Output(0, "a.png", "image/png", b"\x89PNG...", "https://x/1.png")
+    assert await store.save_outputs(job.track_id, [out]) is True
+    assert await store.save_outputs(job.track_id, [out]) is False
+    assert await store.outputs(job.track_id) == [out]
+    assert [j.track_id for j in await store.undelivered()] == [job.track_id]
+    await store.mark_delivered(job.track_id, message_id=1, now=3)
+    assert await store.outputs(job.track_id) == []
+    assert await store.undelivered() == []
+
+
+async def test_queue_position_and_depth(store):
+    jobs = [await store.create(new_job(user=i)) for i in range(3)]
+    assert [await store.queue_position(j.track_id) for j in jobs] == [1, 2, 3]
+    await store.claim_next(now=1.0)
+    assert await store.queue_position(jobs[0].track_id) is None
+    assert await store.queue_position(jobs[2].track_id) == 2
+    assert await store.queue_depth() == 2 and await store.in_flight() == 1
