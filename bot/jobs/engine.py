@@ -18,7 +18,7 @@ from typing import Any
 
 from bot.jobs.delivery import Delivery
 from bot.jobs.downloads import DownloadError, OutputDownloader
-from bot.jobs.models import Job, JobStatus, NewJob
+from bot.jobs.models import Job, JobStatus, NewJob, Output
 from bot.jobs.store import JobStore
 from bot.modelslab.catalogue import endpoint as endpoint_named
 from bot.modelslab.client import (
@@ -83,6 +83,7 @@ class JobEngine:
         self._finishing: set[str] = set()
         self._polling: set[str] = set()
         self._accepting = False
+        self._stopping = False
         self._last_sweep = 0.0
 
     # --- life cycle ---------------------------------------------------------------------
@@ -98,6 +99,9 @@ class JobEngine:
         """Stop taking work, let in-flight steps finish (up to ``grace``), leave the rest
         resumable in the store."""
         self._accepting = False
+        self._stopping = True
+        self._wake_dispatch.set()
+        self._wake_poll.set()
         for task in self._loops:
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
@@ -132,7 +136,7 @@ class JobEngine:
     # --- dispatch -----------------------------------------------------------------------
 
     async def _dispatch_loop(self) -> None:
-        while True:
+        while not self._stopping:
             self._wake_dispatch.clear()
             try:
                 await self._dispatch_ready()
@@ -140,8 +144,7 @@ class JobEngine:
             except Exception:
                 log.exception("dispatch step failed; trying again shortly")
                 wait = self.policy.tick
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake_dispatch.wait(), wait)
+            await _wait(self._wake_dispatch, wait)
 
     async def _dispatch_ready(self) -> None:
         while self._accepting:
@@ -235,54 +238,61 @@ class JobEngine:
         now = self.clock()
         if response.status is ApiStatus.SUCCESS:
             if not response.output:
-                won = await self.store.mark_failed(
+                moved = await self.store.mark_failed(
                     track_id, error="ModelsLab reported success but sent no images. "
                     + NOT_CHARGED, now=now)
             else:
-                won = await self.store.mark_succeeded(
+                moved = await self.store.mark_succeeded(
                     track_id, outputs=response.output, nsfw=response.nsfw, seed=response.seed,
                     request_id=response.request_id, now=now)
         elif response.status in (ApiStatus.FAILED, ApiStatus.ERROR):
-            won = await self.store.mark_failed(
+            moved = await self.store.mark_failed(
                 track_id, error=f"ModelsLab could not make the image: "
                 f"{response.readable_error}. " + NOT_CHARGED, now=now)
         else:
             return  # still processing: nothing to do
-        if won:
+        if moved is not None:
             self._wake_dispatch.set()  # an API slot is free
-            await self._finish(track_id)
+            await self._finish(track_id, moved)
 
     async def _fail(self, track_id: str, error: str) -> None:
-        if await self.store.mark_failed(track_id, error=error, now=self.clock()):
+        moved = await self.store.mark_failed(track_id, error=error, now=self.clock())
+        if moved is not None:
             self._wake_dispatch.set()
-            await self._finish(track_id)
+            await self._finish(track_id, moved)
 
-    async def _finish(self, track_id: str) -> None:
-        """Download (if needed) and deliver; one at a time per job in this process."""
+    async def _finish(self, track_id: str, job: Job | None = None) -> None:
+        """Download (if needed) and deliver; one at a time per job in this process.
+
+        ``job`` is the row as the caller's transition left it, when it has one: the hot path
+        (webhook -> download -> delivery) then reads nothing back from the database."""
         if track_id in self._finishing:
             return
         self._finishing.add(track_id)
         try:
-            job = await self.store.get(track_id)
+            job = job or await self.store.get(track_id)
             if job is None:
                 return
+            outputs: list[Output] | None = None
             if job.status is JobStatus.SUCCEEDED and not job.downloaded:
                 try:
                     outputs = await self.downloader.download_all(track_id, job.outputs)
                 except DownloadError as exc:
-                    await self.store.mark_failed(
+                    job = await self.store.mark_failed(
                         track_id, error=f"The result could not be downloaded: {exc}.",
                         now=self.clock())
                 else:
-                    await self.store.save_outputs(track_id, outputs)
-            await self._deliver(track_id)
+                    job = await self.store.save_outputs(track_id, outputs)
+                if job is None:
+                    return
+            await self._deliver(job, outputs)
         finally:
             self._finishing.discard(track_id)
 
-    async def _deliver(self, track_id: str) -> None:
+    async def _deliver(self, job: Job, outputs: list[Output] | None) -> None:
+        track_id = job.track_id
         for attempt in range(1, self.policy.max_delivery_attempts + 1):
-            job = await self.store.get(track_id)
-            if job is None or job.status not in (JobStatus.SUCCEEDED, JobStatus.FAILED):
+            if job.status not in (JobStatus.SUCCEEDED, JobStatus.FAILED):
                 return
             if job.delivering_since is not None:
                 # A delivery was under way when the bot stopped: it may have been posted.
@@ -291,17 +301,20 @@ class JobEngine:
                     await self.store.mark_delivered(track_id, message_id=existing,
                                                     now=self.clock())
                     return
-            job = await self.store.begin_delivery(track_id, now=self.clock())
-            if job is None:
+            started = await self.store.begin_delivery(track_id, now=self.clock())
+            if started is None:
                 return
-            outputs = (await self.store.outputs(track_id)
-                       if job.status is JobStatus.SUCCEEDED else [])
+            if started.status is JobStatus.FAILED:
+                outputs = []
+            elif outputs is None:
+                outputs = await self.store.outputs(track_id)
             try:
-                message_id = await self.delivery.deliver(job, outputs)
+                message_id = await self.delivery.deliver(started, outputs)
             except Exception as exc:
                 await self.store.end_delivery_attempt(track_id)
                 log.warning("job %s: delivery attempt %d failed: %s", track_id, attempt, exc)
                 await asyncio.sleep(self.policy.delivery_retry * attempt)
+                job = await self.store.get(track_id) or job
                 continue
             await self.store.mark_delivered(track_id, message_id=message_id, now=self.clock())
             return
@@ -311,7 +324,7 @@ class JobEngine:
     # --- polling ------------------------------------------------------------------------
 
     async def _poll_loop(self) -> None:
-        while True:
+        while not self._stopping:
             self._wake_poll.clear()
             wait = self.policy.tick
             try:
@@ -328,8 +341,7 @@ class JobEngine:
                     wait = max(0.01, min(wait, next_poll - self.clock()))
             except Exception:
                 log.exception("poll step failed; trying again shortly")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake_poll.wait(), wait)
+            await _wait(self._wake_poll, wait)
 
     def _backoff(self, attempts: int) -> float:
         return min(self.policy.max_poll_interval,
@@ -377,6 +389,7 @@ class JobEngine:
 
     async def _recover(self) -> None:
         now = self.clock()
+        await self.store.purge_delivered_outputs()
         counts: dict[str, int] = {}
         for job in await self.store.unfinished():
             counts[job.status] = counts.get(job.status, 0) + 1
@@ -399,11 +412,13 @@ class JobEngine:
                      ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
 
     async def _fail_later(self, track_id: str, error: str) -> None:
-        if await self.store.mark_failed(track_id, error=error, now=self.clock()):
-            self._spawn(self._finish(track_id), f"finish-{track_id}")
+        moved = await self.store.mark_failed(track_id, error=error, now=self.clock())
+        if moved is not None:
+            self._spawn(self._finish(track_id, moved), f"finish-{track_id}")
 
     async def _sweep(self) -> None:
-        """Deliveries that failed earlier get another chance."""
+        """Deliveries that failed earlier get another chance; delivered images are dropped."""
+        await self.store.purge_delivered_outputs()
         for job in await self.store.undelivered():
             if job.track_id not in self._finishing:
                 self._spawn(self._finish(job.track_id), f"finish-{job.track_id}")
@@ -427,3 +442,11 @@ class JobEngine:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("%s failed", task.get_name(), exc_info=task.exception())
+
+
+async def _wait(event: asyncio.Event, seconds: float) -> None:
+    """Until ``event`` is set or ``seconds`` pass. (``asyncio.wait_for`` on Python 3.11 can
+    swallow a cancellation that races the event, which would keep a loop from stopping.)"""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await event.wait()

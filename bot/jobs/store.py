@@ -14,8 +14,9 @@ import hmac
 import json
 import logging
 import secrets
+import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,14 @@ MIGRATIONS: tuple[str, ...] = (
 )
 
 
+BUSY_PATIENCE = 30.0  # how long a write waits for another process to let go of the database
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
+
+
 def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
@@ -129,8 +138,7 @@ class JobStore:
         await self._db.close()
 
     async def _migrate(self) -> None:
-        async with self._db.execute("PRAGMA user_version") as cur:
-            (version,) = await cur.fetchone()
+        (version,) = await self._fetchone("PRAGMA user_version")
         for number, script in enumerate(MIGRATIONS, start=1):
             if number <= version:
                 continue
@@ -143,9 +151,25 @@ class JobStore:
 
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
-        """One write transaction; the lock keeps coroutines from interleaving statements."""
+        """One write transaction.
+
+        The lock keeps coroutines from interleaving statements on the one connection: a read
+        cursor left open by one coroutine while another begins a write would turn BEGIN into
+        an upgrade of a stale snapshot, which SQLite refuses at once. BEGIN is retried while
+        another process holds the database (nothing has changed yet at that point).
+        """
         async with self._lock:
-            await self._db.execute("BEGIN IMMEDIATE")
+            delay = 0.01
+            deadline = time.monotonic() + BUSY_PATIENCE
+            while True:
+                try:
+                    await self._db.execute("BEGIN IMMEDIATE")
+                    break
+                except sqlite3.OperationalError as exc:
+                    if not _is_busy(exc) or time.monotonic() + delay > deadline:
+                        raise
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 0.5)
             try:
                 yield self._db
             except BaseException:
@@ -155,37 +179,61 @@ class JobStore:
 
     transaction = _write  # for services (quotas) that must change their rows with a job's
 
+    async def _fetchall(self, sql: str,
+                        params: Sequence[Any] | Mapping[str, Any] = ()) -> list[aiosqlite.Row]:
+        """One statement, run whole in one trip to the database thread, under the same lock
+        as transactions (see ``_write``). A single UPDATE or INSERT is atomic on its own, so
+        this is also how one-statement changes are made (with ``RETURNING *``)."""
+        async with self._lock:
+            delay = 0.01
+            deadline = time.monotonic() + BUSY_PATIENCE
+            while True:
+                try:
+                    return list(await self._db.execute_fetchall(sql, params))
+                except sqlite3.OperationalError as exc:
+                    if not _is_busy(exc) or time.monotonic() + delay > deadline:
+                        raise
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 0.5)
+
+    async def _change(self, sql: str,
+                      params: Sequence[Any] | Mapping[str, Any] = ()) -> Job | None:
+        """One atomic UPDATE/INSERT ... RETURNING *: the changed job, or None if none was."""
+        rows = await self._fetchall(sql, params)
+        return Job.from_row(rows[0]) if rows else None
+
+    async def _fetchone(self, sql: str, params: Sequence[Any] = ()) -> aiosqlite.Row | None:
+        rows = await self._fetchall(sql, params)
+        return rows[0] if rows else None
+
     async def ping(self) -> bool:
         try:
-            async with self._db.execute("SELECT 1") as cur:
-                return (await cur.fetchone())[0] == 1
+            return (await self._fetchone("SELECT 1"))[0] == 1
         except Exception:
             return False
 
     # --- reading ------------------------------------------------------------------------
 
     async def get(self, track_id: str) -> Job | None:
-        async with self._db.execute("SELECT * FROM jobs WHERE track_id = ?", (track_id,)) as cur:
-            row = await cur.fetchone()
+        row = await self._fetchone("SELECT * FROM jobs WHERE track_id = ?", (track_id,))
         return Job.from_row(row) if row else None
 
-    async def _jobs(self, where: str, params: Iterable[Any] = ()) -> list[Job]:
-        async with self._db.execute(f"SELECT * FROM jobs WHERE {where}", tuple(params)) as cur:
-            return [Job.from_row(row) for row in await cur.fetchall()]
+    async def _jobs(self, where: str, params: Sequence[Any] = ()) -> list[Job]:
+        return [Job.from_row(row)
+                for row in await self._fetchall(f"SELECT * FROM jobs WHERE {where}", params)]
 
     async def unfinished(self) -> list[Job]:
         return await self._jobs(f"status IN ({_placeholders(UNFINISHED)}) ORDER BY seq", UNFINISHED)
 
     async def count(self, *statuses: JobStatus) -> int:
-        async with self._db.execute(
-            f"SELECT COUNT(*) FROM jobs WHERE status IN ({_placeholders(statuses)})", statuses
-        ) as cur:
-            return (await cur.fetchone())[0]
+        row = await self._fetchone(
+            f"SELECT COUNT(*) FROM jobs WHERE status IN ({_placeholders(statuses)})", statuses)
+        return row[0]
 
     async def counts(self) -> dict[JobStatus, int]:
         """Jobs by status, in one consistent read."""
-        async with self._db.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status") as cur:
-            found = {JobStatus(status): n for status, n in await cur.fetchall()}
+        rows = await self._fetchall("SELECT status, COUNT(*) FROM jobs GROUP BY status")
+        found = {JobStatus(status): n for status, n in rows}
         return {status: found.get(status, 0) for status in JobStatus}
 
     async def in_flight(self) -> int:
@@ -196,11 +244,9 @@ class JobStore:
 
     async def queue_position(self, track_id: str) -> int | None:
         """1-based place among queued jobs in arrival order; None when not queued."""
-        async with self._db.execute(
+        (position,) = await self._fetchone(
             "SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND seq <= "
-            "(SELECT seq FROM jobs WHERE track_id = ? AND status = 'queued')", (track_id,)
-        ) as cur:
-            (position,) = await cur.fetchone()
+            "(SELECT seq FROM jobs WHERE track_id = ? AND status = 'queued')", (track_id,))
         return position or None
 
     async def due_polls(self, now: float, limit: int = 50) -> list[Job]:
@@ -209,42 +255,31 @@ class JobStore:
             "AND next_poll_at <= ? ORDER BY next_poll_at LIMIT ?", (now, limit))
 
     async def next_poll_time(self) -> float | None:
-        async with self._db.execute(
-            "SELECT MIN(next_poll_at) FROM jobs WHERE status IN ('submitted', 'processing')"
-        ) as cur:
-            return (await cur.fetchone())[0]
+        return (await self._fetchone(
+            "SELECT MIN(next_poll_at) FROM jobs WHERE status IN ('submitted', 'processing')"))[0]
 
     async def next_queued_time(self) -> float | None:
-        async with self._db.execute(
-            "SELECT MIN(COALESCE(not_before, 0)) FROM jobs WHERE status = 'queued'"
-        ) as cur:
-            return (await cur.fetchone())[0]
+        return (await self._fetchone(
+            "SELECT MIN(COALESCE(not_before, 0)) FROM jobs WHERE status = 'queued'"))[0]
 
     async def undelivered(self) -> list[Job]:
         return await self._jobs(
             "(status = 'failed' OR (status = 'succeeded' AND downloaded = 1)) ORDER BY seq")
 
     async def outputs(self, track_id: str) -> list[Output]:
-        async with self._db.execute(
+        rows = await self._fetchall(
             "SELECT idx, filename, content_type, data, source_url FROM job_outputs "
-            "WHERE track_id = ? ORDER BY idx", (track_id,)
-        ) as cur:
-            rows = await cur.fetchall()
+            "WHERE track_id = ? ORDER BY idx", (track_id,))
         return [Output(r["idx"], r["filename"], r["content_type"], bytes(r["data"]),
                        r["source_url"]) for r in rows]
 
     async def authenticate(self, track_id: str, secret: str) -> Job | None:
         """The job, if ``secret`` is its webhook secret; None for anything else."""
-        job_hash = None
-        async with self._db.execute(
-            "SELECT webhook_secret_hash FROM jobs WHERE track_id = ?", (track_id,)
-        ) as cur:
-            row = await cur.fetchone()
-            if row is not None:
-                job_hash = row[0]
+        row = await self._fetchone("SELECT * FROM jobs WHERE track_id = ?", (track_id,))
+        job_hash = row["webhook_secret_hash"] if row is not None else None
         # Compare even when there is nothing to compare with, so timing says nothing.
         matches = hmac.compare_digest(hash_secret(secret), job_hash or "0" * 64)
-        return await self.get(track_id) if matches and job_hash else None
+        return Job.from_row(row) if matches and job_hash else None
 
     # --- writing ------------------------------------------------------------------------
 
@@ -253,19 +288,17 @@ class JobStore:
         now = time.time() if now is None else now
         track_id = new_track_id()
         r = new.requester
-        async with self._write() as db:
-            await db.execute(
-                "INSERT INTO jobs (track_id, seq, endpoint, status, payload, options, user_id, "
-                "guild_id, channel_id, interaction_token, token_expires_at, application_id, "
-                "images, parent_track_id, created_at) VALUES (?, "
-                "(SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs), ?, 'queued', ?, ?, ?, ?, ?, ?, "
-                "?, ?, ?, ?, ?)",
-                (track_id, new.endpoint, json.dumps({**new.payload, "track_id": track_id}),
-                 json.dumps(new.options), r.user_id, r.guild_id, r.channel_id,
-                 r.interaction_token, r.token_expires_at, r.application_id, new.images,
-                 new.parent_track_id, now),
-            )
-        job = await self.get(track_id)
+        job = await self._change(
+            "INSERT INTO jobs (track_id, seq, endpoint, status, payload, options, user_id, "
+            "guild_id, channel_id, interaction_token, token_expires_at, application_id, "
+            "images, parent_track_id, created_at) VALUES (?, "
+            "(SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs), ?, 'queued', ?, ?, ?, ?, ?, ?, "
+            "?, ?, ?, ?, ?) RETURNING *",
+            (track_id, new.endpoint, json.dumps({**new.payload, "track_id": track_id}),
+             json.dumps(new.options), r.user_id, r.guild_id, r.channel_id,
+             r.interaction_token, r.token_expires_at, r.application_id, new.images,
+             new.parent_track_id, now),
+        )
         assert job is not None
         return job
 
@@ -277,12 +310,16 @@ class JobStore:
         (members never served before come first), and within a member, oldest first.
         """
         secret = secrets.token_urlsafe(32)
-        async with self._write() as db:
-            async with db.execute(
-                """
+        job = await self._change(
+            """
+            UPDATE jobs SET status = 'submitted', submitted_at = :now,
+                submit_attempts = submit_attempts + 1, webhook_secret_hash = :hash,
+                not_before = NULL, next_poll_at = NULL,
+                dispatch_seq = (SELECT COALESCE(MAX(dispatch_seq), 0) + 1 FROM jobs)
+            WHERE status = 'queued' AND track_id = (
                 WITH ready AS (
                     SELECT user_id, MIN(seq) AS first_seq FROM jobs
-                    WHERE status = 'queued' AND COALESCE(not_before, 0) <= ?
+                    WHERE status = 'queued' AND COALESCE(not_before, 0) <= :now
                     GROUP BY user_id
                 ), served AS (
                     SELECT user_id, MAX(dispatch_seq) AS last_turn FROM jobs
@@ -293,37 +330,27 @@ class JobStore:
                 LEFT JOIN served ON served.user_id = ready.user_id
                 ORDER BY COALESCE(served.last_turn, 0), ready.first_seq
                 LIMIT 1
-                """,
-                (now,),
-            ) as cur:
-                row = await cur.fetchone()
-            if row is None:
-                return None
-            await db.execute(
-                "UPDATE jobs SET status = 'submitted', submitted_at = ?, "
-                "submit_attempts = submit_attempts + 1, webhook_secret_hash = ?, "
-                "not_before = NULL, next_poll_at = NULL, "
-                "dispatch_seq = (SELECT COALESCE(MAX(dispatch_seq), 0) + 1 FROM jobs) "
-                "WHERE track_id = ? AND status = 'queued'",
-                (now, hash_secret(secret), row[0]),
             )
-        job = await self.get(row[0])
-        assert job is not None
-        return job, secret
+            RETURNING *
+            """,
+            {"now": now, "hash": hash_secret(secret)},
+        )
+        return (job, secret) if job is not None else None
 
     async def _transition(self, track_id: str, target: JobStatus, sets: str = "",
-                          params: Sequence[Any] = (), *, extra_where: str = "") -> bool:
+                          params: Sequence[Any] = (), *, extra_where: str = "") -> Job | None:
+        """Move one job to ``target`` if it is in a state that may lead there.
+
+        Returns the job as it now is, or None when it was not moved (the loser of a race)."""
         sources = sources_of(target)
         assignments = "status = ?" + (", " + sets if sets else "")
-        async with self._write() as db:
-            cur = await db.execute(
-                f"UPDATE jobs SET {assignments} WHERE track_id = ? "
-                f"AND status IN ({_placeholders(sources)}) {extra_where}",
-                (target, *params, track_id, *sources),
-            )
-            return cur.rowcount == 1
+        return await self._change(
+            f"UPDATE jobs SET {assignments} WHERE track_id = ? "
+            f"AND status IN ({_placeholders(sources)}) {extra_where} RETURNING *",
+            (target, *params, track_id, *sources),
+        )
 
-    async def requeue(self, track_id: str, *, not_before: float) -> bool:
+    async def requeue(self, track_id: str, *, not_before: float) -> Job | None:
         """Back to the queue (a 429, or a submit that never left): keeps its place in line."""
         return await self._transition(
             track_id, JobStatus.QUEUED, "not_before = ?, webhook_secret_hash = NULL",
@@ -332,7 +359,7 @@ class JobStore:
     async def mark_processing(self, track_id: str, *, request_id: str | None,
                               eta: float | None, fetch_url: str | None,
                               future_links: Sequence[str], next_poll_at: float,
-                              now: float) -> bool:
+                              now: float) -> Job | None:
         return await self._transition(
             track_id, JobStatus.PROCESSING,
             "request_id = ?, eta = ?, fetch_url = ?, future_links = ?, next_poll_at = ?, "
@@ -341,14 +368,12 @@ class JobStore:
 
     async def wait_for_webhook(self, track_id: str, *, until: float) -> bool:
         """A submit whose outcome is unknown: keep its slot, give up at ``until``."""
-        async with self._write() as db:
-            cur = await db.execute(
-                "UPDATE jobs SET next_poll_at = ? WHERE track_id = ? AND status = 'submitted'",
-                (until, track_id))
-            return cur.rowcount == 1
+        return await self._change(
+            "UPDATE jobs SET next_poll_at = ? WHERE track_id = ? AND status = 'submitted' "
+            "RETURNING *", (until, track_id)) is not None
 
     async def mark_succeeded(self, track_id: str, *, outputs: Sequence[str], nsfw: bool,
-                             seed: int | None, request_id: str | None, now: float) -> bool:
+                             seed: int | None, request_id: str | None, now: float) -> Job | None:
         return await self._transition(
             track_id, JobStatus.SUCCEEDED,
             "outputs = ?, nsfw = ?, seed = COALESCE(?, seed), "
@@ -356,71 +381,63 @@ class JobStore:
             "next_poll_at = NULL",
             (json.dumps(list(outputs)), int(nsfw), seed, request_id, now, now))
 
-    async def mark_failed(self, track_id: str, *, error: str, now: float) -> bool:
+    async def mark_failed(self, track_id: str, *, error: str, now: float) -> Job | None:
         return await self._transition(
             track_id, JobStatus.FAILED,
             "error = ?, result_at = COALESCE(result_at, ?), finished_at = ?, next_poll_at = NULL",
             (error, now, now))
 
     async def schedule_poll(self, track_id: str, *, at: float) -> bool:
-        async with self._write() as db:
-            cur = await db.execute(
-                "UPDATE jobs SET next_poll_at = ?, poll_attempts = poll_attempts + 1 "
-                "WHERE track_id = ? AND status IN ('submitted', 'processing')", (at, track_id))
-            return cur.rowcount == 1
+        return await self._change(
+            "UPDATE jobs SET next_poll_at = ?, poll_attempts = poll_attempts + 1 "
+            "WHERE track_id = ? AND status IN ('submitted', 'processing') RETURNING *",
+            (at, track_id)) is not None
 
-    async def save_outputs(self, track_id: str, outputs: Sequence[Output]) -> bool:
-        """Keep the downloaded images until delivery; once only."""
-        async with self._write() as db:
-            cur = await db.execute(
-                "UPDATE jobs SET downloaded = 1 WHERE track_id = ? AND status = 'succeeded' "
-                "AND downloaded = 0", (track_id,))
-            if cur.rowcount != 1:
-                return False
-            await db.executemany(
-                "INSERT INTO job_outputs (track_id, idx, filename, content_type, data, "
-                "source_url) VALUES (?, ?, ?, ?, ?, ?)",
+    async def save_outputs(self, track_id: str, outputs: Sequence[Output]) -> Job | None:
+        """Keep the downloaded images until delivery. The images are written first and the
+        job marked downloaded after, so a crash between leaves a job that is downloaded again
+        (its rows are replaced), never one marked downloaded without its images."""
+        async with self._lock:
+            await self._db.executemany(
+                "INSERT OR REPLACE INTO job_outputs (track_id, idx, filename, content_type, "
+                "data, source_url) VALUES (?, ?, ?, ?, ?, ?)",
                 [(track_id, o.index, o.filename, o.content_type, o.data, o.source_url)
                  for o in outputs])
-            return True
+        return await self._change(
+            "UPDATE jobs SET downloaded = 1 WHERE track_id = ? AND status = 'succeeded' "
+            "AND downloaded = 0 RETURNING *", (track_id,))
 
     async def begin_delivery(self, track_id: str, *, now: float) -> Job | None:
         """Note that a delivery is starting (so a crash mid-post can be checked on restart)."""
-        async with self._write() as db:
-            cur = await db.execute(
-                "UPDATE jobs SET delivering_since = COALESCE(delivering_since, ?), "
-                "delivery_attempts = delivery_attempts + 1 WHERE track_id = ? AND "
-                "(status = 'failed' OR (status = 'succeeded' AND downloaded = 1))",
-                (now, track_id))
-            if cur.rowcount != 1:
-                return None
-        return await self.get(track_id)
+        return await self._change(
+            "UPDATE jobs SET delivering_since = COALESCE(delivering_since, ?), "
+            "delivery_attempts = delivery_attempts + 1 WHERE track_id = ? AND "
+            "(status = 'failed' OR (status = 'succeeded' AND downloaded = 1)) RETURNING *",
+            (now, track_id))
 
     async def end_delivery_attempt(self, track_id: str) -> None:
         """The attempt posted nothing: a restart need not look for its message."""
-        async with self._write() as db:
-            await db.execute("UPDATE jobs SET delivering_since = NULL WHERE track_id = ?",
+        await self._fetchall("UPDATE jobs SET delivering_since = NULL WHERE track_id = ?",
                              (track_id,))
 
     async def mark_delivered(self, track_id: str, *, message_id: int | None,
-                             now: float) -> bool:
-        """Final. The downloaded images are dropped: Discord holds them now."""
-        async with self._write() as db:
-            cur = await db.execute(
-                "UPDATE jobs SET status = 'delivered', delivered_at = ?, result_message_id = ?, "
-                "interaction_token = NULL WHERE track_id = ? AND status IN ('succeeded', 'failed')",
-                (now, message_id, track_id))
-            if cur.rowcount != 1:
-                return False
-            await db.execute("DELETE FROM job_outputs WHERE track_id = ?", (track_id,))
-            return True
+                             now: float) -> Job | None:
+        """Final. The images it kept are dropped by the next ``purge_delivered_outputs``."""
+        return await self._change(
+            "UPDATE jobs SET status = 'delivered', delivered_at = ?, result_message_id = ?, "
+            "interaction_token = NULL WHERE track_id = ? AND status IN ('succeeded', 'failed') "
+            "RETURNING *", (now, message_id, track_id))
+
+    async def purge_delivered_outputs(self) -> None:
+        """Drop the images of delivered jobs: Discord holds them now."""
+        await self._fetchall(
+            "DELETE FROM job_outputs WHERE track_id IN "
+            "(SELECT track_id FROM jobs WHERE status = 'delivered')")
 
     async def get_state(self, key: str) -> str | None:
-        async with self._db.execute("SELECT value FROM state WHERE key = ?", (key,)) as cur:
-            row = await cur.fetchone()
+        row = await self._fetchone("SELECT value FROM state WHERE key = ?", (key,))
         return row[0] if row else None
 
     async def set_state(self, key: str, value: str) -> None:
-        async with self._write() as db:
-            await db.execute("INSERT INTO state (key, value) VALUES (?, ?) ON CONFLICT(key) "
+        await self._fetchall("INSERT INTO state (key, value) VALUES (?, ?) ON CONFLICT(key) "
                              "DO UPDATE SET value = excluded.value", (key, value))

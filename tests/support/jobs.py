@@ -69,7 +69,8 @@ class RecordingDelivery:
             while len(self.delivered) < count:
                 self.changed.clear()
                 await self.changed.wait()
-        await asyncio.wait_for(enough(), within)
+        async with asyncio.timeout(within):
+            await enough()
 
 
 @dataclass
@@ -77,13 +78,15 @@ class FileDelivery:
     """The recording delivery for a separate process: one JSON line per delivery, on disk."""
 
     path: Path
+    written: int = 0
 
     async def deliver(self, job: Job, outputs: Sequence[Output]) -> int | None:
         line = {"track_id": job.track_id, "status": str(job.status), "error": job.error,
                 "outputs": [len(o.data) for o in outputs], "at": time.time()}
         with self.path.open("a") as f:
             f.write(json.dumps(line) + "\n")
-        return len(self.lines())
+        self.written += 1
+        return self.written
 
     async def find_delivered(self, job: Job) -> int | None:
         for n, line in enumerate(self.lines(), start=1):

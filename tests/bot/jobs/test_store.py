@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from bot.jobs.models import JobStatus, NewJob, Output, Requester
 from bot.jobs.store import MIGRATIONS, JobStore
+
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def new_job(user: int = 1, **extra) -> NewJob:
@@ -54,37 +60,39 @@ async def test_transitions_are_atomic_and_idempotent(store):
     job = await store.create(new_job())
     claimed, _secret = await store.claim_next(now=1.0)
     assert claimed.track_id == job.track_id and claimed.status is JobStatus.SUBMITTED
-    assert await store.mark_processing(job.track_id, request_id="55", eta=3, fetch_url=None,
-                                       future_links=["https://cdn/x.png"], next_poll_at=5,
-                                       now=2) is True
+    moved = await store.mark_processing(job.track_id, request_id="55", eta=3, fetch_url=None,
+                                        future_links=["https://cdn/x.png"], next_poll_at=5,
+                                        now=2)
+    assert moved.status is JobStatus.PROCESSING and moved.request_id == "55"
     assert await store.mark_processing(job.track_id, request_id="56", eta=3, fetch_url=None,
-                                       future_links=[], next_poll_at=5, now=2) is False
+                                       future_links=[], next_poll_at=5, now=2) is None
     won = [await store.mark_succeeded(job.track_id, outputs=["https://cdn/x.png"], nsfw=False,
                                       seed=1, request_id="55", now=3) for _ in range(3)]
-    assert won == [True, False, False]  # a webhook, its repeat and a poll: one wins
-    assert await store.mark_failed(job.track_id, error="late", now=4) is True  # e.g. download
-    assert await store.mark_delivered(job.track_id, message_id=9, now=5) is True
-    assert await store.mark_delivered(job.track_id, message_id=10, now=6) is False
+    assert [w is not None for w in won] == [True, False, False]  # webhook, repeat, poll
+    assert won[0].status is JobStatus.SUCCEEDED and won[0].outputs == ("https://cdn/x.png",)
+    assert await store.mark_failed(job.track_id, error="late", now=4) is not None  # download
+    assert await store.mark_delivered(job.track_id, message_id=9, now=5) is not None
+    assert await store.mark_delivered(job.track_id, message_id=10, now=6) is None
     final = await store.get(job.track_id)
     assert final.status is JobStatus.DELIVERED and final.result_message_id == 9
     assert final.request_id == "55" and final.requester.interaction_token is None
     # nothing moves a delivered job
-    assert await store.mark_failed(job.track_id, error="x", now=7) is False
-    assert await store.requeue(job.track_id, not_before=0) is False
+    assert await store.mark_failed(job.track_id, error="x", now=7) is None
+    assert await store.requeue(job.track_id, not_before=0) is None
 
 
 async def test_illegal_moves_are_refused(store):
     job = await store.create(new_job())
     assert await store.mark_succeeded(job.track_id, outputs=["https://x/1.png"], nsfw=False,
-                                      seed=None, request_id=None, now=1) is False
-    assert await store.mark_delivered(job.track_id, message_id=None, now=1) is False
+                                      seed=None, request_id=None, now=1) is None
+    assert await store.mark_delivered(job.track_id, message_id=None, now=1) is None
     assert (await store.get(job.track_id)).status is JobStatus.QUEUED
 
 
 async def test_requeue_only_before_modelslab_gave_an_id(store):
     job = await store.create(new_job())
     await store.claim_next(now=1.0)
-    assert await store.requeue(job.track_id, not_before=50.0) is True
+    assert await store.requeue(job.track_id, not_before=50.0) is not None
     assert await store.claim_next(now=10.0) is None  # not before its time
     assert (await store.claim_next(now=50.0))[0].track_id == job.track_id
 
@@ -137,11 +145,12 @@ async def test_outputs_are_kept_until_delivered(store):
     await store.mark_succeeded(job.track_id, outputs=["https://x/1.png"], nsfw=True, seed=3,
                                request_id="1", now=2)
     out = Output(0, "a.png", "image/png", b"\x89PNG...", "https://x/1.png")
-    assert await store.save_outputs(job.track_id, [out]) is True
-    assert await store.save_outputs(job.track_id, [out]) is False
+    assert (await store.save_outputs(job.track_id, [out])).downloaded is True
+    assert await store.save_outputs(job.track_id, [out]) is None
     assert await store.outputs(job.track_id) == [out]
     assert [j.track_id for j in await store.undelivered()] == [job.track_id]
     await store.mark_delivered(job.track_id, message_id=1, now=3)
+    await store.purge_delivered_outputs()
     assert await store.outputs(job.track_id) == []
     assert await store.undelivered() == []
 
@@ -153,3 +162,34 @@ async def test_queue_position_and_depth(store):
     assert await store.queue_position(jobs[0].track_id) is None
     assert await store.queue_position(jobs[2].track_id) == 2
     assert await store.queue_depth() == 2 and await store.in_flight() == 1
+
+
+async def test_two_processes_writing_at_once_lose_nothing(tmp_path):
+    """Another process holding the database makes writes wait, never fail."""
+    path = tmp_path / "shared.sqlite3"
+    script = (
+        "import asyncio, sys\n"
+        "from bot.jobs.store import JobStore\n"
+        "from tests.bot.jobs.test_store import new_job\n"
+        "async def main():\n"
+        "    s = await JobStore.open(sys.argv[1])\n"
+        "    await asyncio.gather(*(s.create(new_job(user=2)) for _ in range(300)))\n"
+        "    await s.close()\n"
+        "asyncio.run(main())\n"
+    )
+    store = await JobStore.open(path)
+    other = await asyncio.create_subprocess_exec(sys.executable, "-c", script, str(path),
+                                                 cwd=ROOT, stderr=subprocess.PIPE)
+
+    async def mine():
+        await store.create(new_job(user=1))
+        await store.claim_next(now=1.0)
+        await store.counts()
+
+    await asyncio.gather(*(mine() for _ in range(300)))
+    _, errors = await other.communicate()
+    assert other.returncode == 0, errors.decode()[-2000:]
+    counts = await store.counts()
+    await store.close()
+    assert sum(counts.values()) == 600
+    assert counts[JobStatus.SUBMITTED] == 300
