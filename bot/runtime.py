@@ -1,0 +1,64 @@
+"""The services the bot runs besides Discord: store, ModelsLab client, job engine, web server.
+
+Assembled here from the settings, so the bot and any other host (the tests' separate-process
+harness) start and stop them the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import aiohttp
+
+from bot.jobs.delivery import Delivery
+from bot.jobs.downloads import OutputDownloader
+from bot.jobs.engine import EnginePolicy, JobEngine
+from bot.jobs.store import JobStore
+from bot.modelslab.client import ModelsLabClient
+from bot.settings import Settings
+from bot.web import WebServer, create_app
+
+log = logging.getLogger(__name__)
+
+
+class Services:
+    def __init__(self, settings: Settings, delivery: Delivery) -> None:
+        self.settings = settings
+        self.delivery = delivery
+        self.session: aiohttp.ClientSession | None = None
+        self.store: JobStore | None = None
+        self.client: ModelsLabClient | None = None
+        self.engine: JobEngine | None = None
+        self.web: WebServer | None = None
+
+    async def start(self) -> None:
+        s = self.settings
+        self.session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=120, sock_connect=10),
+            headers={"User-Agent": "Remixer (self-hosted Discord bot)"},
+        )
+        self.store = await JobStore.open(s.database_path)
+        self.client = ModelsLabClient(
+            self.session, base_url=s.modelslab_base_url, api_key=s.modelslab_api_key,
+            enterprise_key=s.modelslab_enterprise_api_key)
+        self.engine = JobEngine(
+            self.store, self.client, self.delivery, OutputDownloader(self.session),
+            policy=EnginePolicy(max_concurrency=s.modelslab_max_concurrency),
+            public_base_url=s.public_base_url)
+        self.web = WebServer(create_app(self.engine), s.web_host, s.web_port)
+        await self.web.start()
+        await self.engine.start()
+        log.info("jobs: %s", "webhooks at " + s.public_base_url if s.public_base_url
+                 else "no PUBLIC_BASE_URL, polling every job")
+
+    async def stop(self) -> None:
+        """Webhooks first (handlers in progress finish), then the engine, then the rest.
+        Every job is left in a state the next start resumes."""
+        if self.web is not None:
+            await self.web.stop()
+        if self.engine is not None:
+            await self.engine.stop()
+        if self.store is not None:
+            await self.store.close()
+        if self.session is not None:
+            await self.session.close()
