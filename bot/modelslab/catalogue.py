@@ -285,6 +285,22 @@ _COMMUNITY_FETCH = FetchRoute("/api/v6/images/fetch/{id}", id_in_body=False)
 _ENTERPRISE_FETCH = FetchRoute("/api/v1/enterprise/fetch", id_in_body=True)
 _REALTIME_FETCH = FetchRoute("/api/v1/enterprise/realtime/fetch/{id}", id_in_body=False)
 
+
+def _enterprise_endpoint(name: str, title: str, path: str,
+                         schedulers: tuple[str, ...]) -> Endpoint:
+    """The enterprise img2img endpoints differ only in path and allowed schedulers."""
+    return Endpoint(
+        name=name,
+        title=title,
+        operation=Operation.IMG2IMG,
+        path=path,
+        key=KeyKind.ENTERPRISE,
+        flag_wire=FlagWire.YES_NO,
+        fetch=_ENTERPRISE_FETCH,
+        rules=_enterprise_rules(schedulers),
+        fixed=MappingProxyType({"enhance_prompt": False}),  # prompts are sent as written
+    )
+
 V6 = Endpoint(
     name="v6",
     title="v6",
@@ -329,29 +345,10 @@ INPAINT = Endpoint(
     ),
 )
 
-ENTERPRISE = Endpoint(
-    name="enterprise",
-    title="enterprise",
-    operation=Operation.IMG2IMG,
-    path="/api/v1/enterprise/img2img",
-    key=KeyKind.ENTERPRISE,
-    flag_wire=FlagWire.YES_NO,
-    fetch=_ENTERPRISE_FETCH,
-    rules=_enterprise_rules(SCHEDULERS),
-    fixed=MappingProxyType({"enhance_prompt": False}),  # members' prompts are sent as written
-)
-
-ENTERPRISE_PONY = Endpoint(
-    name="enterprise_pony",
-    title="enterprise Pony",
-    operation=Operation.IMG2IMG,
-    path="/api/v1/enterprise/pony/img2img",
-    key=KeyKind.ENTERPRISE,
-    flag_wire=FlagWire.YES_NO,
-    fetch=_ENTERPRISE_FETCH,
-    rules=_enterprise_rules(PONY_SCHEDULERS),
-    fixed=MappingProxyType({"enhance_prompt": False}),
-)
+ENTERPRISE = _enterprise_endpoint("enterprise", "enterprise", "/api/v1/enterprise/img2img",
+                                  SCHEDULERS)
+ENTERPRISE_PONY = _enterprise_endpoint("enterprise_pony", "enterprise Pony",
+                                       "/api/v1/enterprise/pony/img2img", PONY_SCHEDULERS)
 
 REALTIME = Endpoint(
     name="realtime",
