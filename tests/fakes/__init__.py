@@ -1,5 +1,18 @@
 """Test doubles: a fake ModelsLab API/CDN server and image helpers."""
 
+from .discord import (
+    ALL_PERMISSIONS,
+    DEFAULT_BOT_PERMISSIONS,
+    DEFAULT_EVERYONE_PERMISSIONS,
+    ClientRefused,
+    FakeChannel,
+    FakeDiscord,
+    FakeGuild,
+    FakeMember,
+    GatewaySession,
+    InteractionRecord,
+    RestCall,
+)
 from .images import color_for, jpeg_bytes, png_bytes, png_for
 from .modelslab import (
     ENDPOINTS,
@@ -15,13 +28,24 @@ from .modelslab import (
 )
 
 __all__ = [
+    "ALL_PERMISSIONS",
+    "DEFAULT_BOT_PERMISSIONS",
+    "DEFAULT_EVERYONE_PERMISSIONS",
     "ENDPOINTS",
     "PONY_SCHEDULERS",
     "SCHEDULERS",
+    "ClientRefused",
+    "FakeChannel",
+    "FakeDiscord",
+    "FakeGuild",
     "FakeJob",
+    "FakeMember",
     "FakeModelsLab",
+    "GatewaySession",
+    "InteractionRecord",
     "RecordedRequest",
     "RecordedResponse",
+    "RestCall",
     "WebhookDelivery",
     "check_body",
     "color_for",
