@@ -827,6 +827,9 @@ class FakeDiscord:
         self._users: dict[int, FakeUser] = {bot_user_id: self.bot_user}
         self._guilds: dict[int, FakeGuild] = {}
         self._channels: dict[int, FakeChannel] = {}
+        self._dm_channels: dict[int, int] = {}  # DM channel id -> the member's user id
+        self.direct_messages: dict[int, list[dict[str, Any]]] = {}  # user id -> messages
+        self.closed_dms: set[int] = set()  # users who accept no direct messages
         self._messages: dict[int, dict[str, Any]] = {}
         self._history: dict[int, list[dict[str, Any]]] = {}
         self._touched: dict[int, float] = {}  # message id -> monotonic time of last change
@@ -1510,6 +1513,8 @@ class FakeDiscord:
         table: list[tuple[str, str, _Handler]] = [
             ("GET", r"/users/@me", self._r_get_me),
             ("GET", r"/users/(?P<uid>\d+)", self._r_get_user),
+            ("POST", r"/users/@me/channels", self._r_open_dm),
+            ("POST", r"/attachments/refresh-urls", self._r_refresh_urls),
             ("GET", r"/oauth2/applications/@me", self._r_get_app),
             ("GET", r"/applications/@me", self._r_get_app),
             ("GET", r"/gateway", self._r_gateway),
@@ -2419,7 +2424,54 @@ class FakeDiscord:
             items = items[-limit:]
         return 200, [self._public(m) for m in reversed(items)]
 
+    def _r_refresh_urls(self, req: _Request) -> tuple[int, Any]:
+        """Discord's refresh of expired attachment URLs: the same files, freshly signed."""
+        payload = req.json if isinstance(req.json, dict) else {}
+        urls = payload.get("attachment_urls")
+        if not isinstance(urls, list) or not 1 <= len(urls) <= 50:
+            raise _form_error(["attachment_urls"], "BASE_TYPE_BAD_LENGTH",
+                              "Must be between 1 and 50 in length.")
+        refreshed = []
+        for url in urls:
+            match = re.search(r"(/cdn/[^?]+)", str(url))
+            refreshed.append({"original": url,
+                              "refreshed": self._sign(match.group(1)) if match else url})
+        return 200, {"refreshed_urls": refreshed}
+
+    def _r_open_dm(self, req: _Request) -> tuple[int, Any]:
+        payload = req.json if isinstance(req.json, dict) else {}
+        user = self._users.get(int(payload.get("recipient_id") or 0))
+        if user is None:
+            raise DiscordError(400, 50033, "Invalid Recipient(s)")
+        dm_id = next((c for c, u in self._dm_channels.items() if u == user.id), None)
+        if dm_id is None:
+            dm_id = self._snowflake()
+            self._dm_channels[dm_id] = user.id
+        return 200, {"id": str(dm_id), "type": 1, "last_message_id": None,
+                     "recipients": [user.to_dict()]}
+
+    def _dm_message(self, req: _Request, user_id: int) -> tuple[int, Any]:
+        """A direct message to a member: recorded in ``direct_messages[user_id]``."""
+        if user_id in self.closed_dms:
+            raise DiscordError(403, 50007, "Cannot send messages to this user")
+        payload = req.json if isinstance(req.json, dict) else {}
+        channel_id = int(req.params["cid"])
+        built = self._build_attachments(channel_id, payload, req.uploads, None, ephemeral=False)
+        attachments, files = built if built is not None else ([], [])
+        message = {"id": str(self._snowflake()), "type": MT_DEFAULT,
+                   "content": payload.get("content") or "", "channel_id": str(channel_id),
+                   "author": self.bot_user.to_dict(), "attachments": attachments,
+                   "embeds": [], "mentions": [], "mention_roles": [],
+                   "mention_everyone": False, "pinned": False, "tts": False,
+                   "timestamp": self._iso(), "edited_timestamp": None, "flags": 0,
+                   "components": [], "files": files, "deleted": False}
+        self.direct_messages.setdefault(user_id, []).append(message)
+        return 200, self._public(message)
+
     def _r_create_message(self, req: _Request) -> tuple[int, Any]:
+        dm_user = self._dm_channels.get(int(req.params["cid"]))
+        if dm_user is not None:
+            return self._dm_message(req, dm_user)
         channel = self._channel_for(req)
         perms = self._bot_perms(channel)
         if not perms & Permission.VIEW_CHANNEL:
