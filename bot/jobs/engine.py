@@ -53,6 +53,7 @@ class EnginePolicy:
     delivery_retry: float = 2.0
     max_delivery_attempts: int = 5
     sweep_interval: float = 30.0
+    status_interval: float = 10.0  # how often queued members hear their place in line
     tick: float = 1.0
 
 
@@ -85,6 +86,7 @@ class JobEngine:
         self._accepting = False
         self._stopping = False
         self._last_sweep = 0.0
+        self._last_status = 0.0
 
     # --- life cycle ---------------------------------------------------------------------
 
@@ -336,6 +338,9 @@ class JobEngine:
                 if now - self._last_sweep >= self.policy.sweep_interval:
                     self._last_sweep = now
                     await self._sweep()
+                if now - self._last_status >= self.policy.status_interval:
+                    self._last_status = now
+                    await self._queue_status()
                 next_poll = await self.store.next_poll_time()
                 if next_poll is not None:
                     wait = max(0.01, min(wait, next_poll - self.clock()))
@@ -422,6 +427,14 @@ class JobEngine:
         for job in await self.store.undelivered():
             if job.track_id not in self._finishing:
                 self._spawn(self._finish(job.track_id), f"finish-{job.track_id}")
+
+    async def _queue_status(self) -> None:
+        """Tell waiting members where they are in line (the delivery skips unchanged text)."""
+        for job, position in await self.store.queued_with_positions():
+            try:
+                await self.delivery.progress(job, position)
+            except Exception:
+                log.exception("job %s: status update failed", job.track_id)
 
     # --- helpers ------------------------------------------------------------------------
 

@@ -249,6 +249,13 @@ class JobStore:
             "(SELECT seq FROM jobs WHERE track_id = ? AND status = 'queued')", (track_id,))
         return position or None
 
+    async def queued_with_positions(self) -> list[tuple[Job, int]]:
+        """Every queued job with its 1-based place in line (arrival order), in one read."""
+        rows = await self._fetchall(
+            "SELECT *, ROW_NUMBER() OVER (ORDER BY seq) AS position FROM jobs "
+            "WHERE status = 'queued' ORDER BY seq")
+        return [(Job.from_row(row), row["position"]) for row in rows]
+
     async def due_polls(self, now: float, limit: int = 50) -> list[Job]:
         return await self._jobs(
             "status IN ('submitted', 'processing') AND next_poll_at IS NOT NULL "
@@ -433,6 +440,22 @@ class JobStore:
         await self._fetchall(
             "DELETE FROM job_outputs WHERE track_id IN "
             "(SELECT track_id FROM jobs WHERE status = 'delivered')")
+
+    async def images_used(self, user_id: int, guild_id: int | None, since: float) -> int:
+        """Images a member asked for since ``since`` that count: failed jobs cost nothing."""
+        row = await self._fetchone(
+            "SELECT COALESCE(SUM(images), 0) FROM jobs WHERE user_id = ? AND guild_id IS ? "
+            "AND created_at >= ? AND status != 'failed' "
+            "AND NOT (status = 'delivered' AND error IS NOT NULL)", (user_id, guild_id, since))
+        return int(row[0])
+
+    async def models_used(self, guild_id: int | None, limit: int = 20) -> list[str]:
+        """The models most used in a server, most used first (for autocomplete)."""
+        rows = await self._fetchall(
+            "SELECT json_extract(payload, '$.model_id') AS model, COUNT(*) AS n FROM jobs "
+            "WHERE guild_id IS ? AND model IS NOT NULL GROUP BY model ORDER BY n DESC LIMIT ?",
+            (guild_id, limit))
+        return [row[0] for row in rows]
 
     async def get_state(self, key: str) -> str | None:
         row = await self._fetchone("SELECT value FROM state WHERE key = ?", (key,))

@@ -357,3 +357,15 @@ async def test_an_unreachable_api_is_tried_again_then_reported(
         stored = await r.store.get(job.track_id)
     assert stored.submit_attempts == FAST.max_submit_attempts
     assert "could not be reached" in delivery.delivered[0].job.error
+
+
+async def test_waiting_members_hear_their_place_in_line(fake, running, delivery):
+    fake.queue_limit = 0  # nothing gets in: every job keeps waiting
+    fake.retry_after = 60
+    policy = dataclasses.replace(FAST, status_interval=0.1)
+    async with running(policy=policy, webhooks=False) as r:
+        jobs = [await r.engine.enqueue(new_job(fake.cdn_url, user=n)) for n in range(3)]
+        # The first job went to ModelsLab, was refused with a 429 and waits again: it keeps
+        # its place, first in line.
+        await until(lambda: {(t, p) for t, s, p in delivery.progress_seen if s == "queued"}
+                    >= {(jobs[0].track_id, 1), (jobs[1].track_id, 2), (jobs[2].track_id, 3)})
