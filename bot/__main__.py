@@ -28,8 +28,9 @@ async def run(settings: Settings) -> int:
     # Imported here so that a settings mistake is reported before the heavier imports.
     import discord
 
-    from bot.app import RemixerBot
+    from bot.app import RemixerBot, point_discord_at
 
+    point_discord_at(settings)
     bot = RemixerBot(settings)
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
@@ -56,6 +57,11 @@ async def run(settings: Settings) -> int:
             except discord.PrivilegedIntentsRequired:
                 print("Remixer cannot start: the bot asks for an intent that is not enabled "
                       "in the Discord developer portal.", file=sys.stderr)
+                return 1
+            except OSError as exc:
+                print(f"Remixer cannot start: the web server cannot listen on "
+                      f"{settings.web_host}:{settings.web_port} ({exc.strerror or exc}).",
+                      file=sys.stderr)
                 return 1
             return 0
         await bot.close()

@@ -1,20 +1,64 @@
-"""The bot class: owns the shared resources (HTTP session, ModelsLab client) and loads cogs."""
+"""The bot class: owns the shared services (store, ModelsLab client, job engine, web server),
+loads the cogs, keeps one error handler, and syncs commands only when they changed."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 
-import aiohttp
 import discord
+import yarl
+from discord import app_commands
 from discord.ext import commands
 
-from bot.modelslab.client import ModelsLabClient
+from bot.delivery import DiscordDelivery
+from bot.errors import UserFacingError
+from bot.generation import GenerationService
+from bot.runtime import Services
 from bot.settings import Settings
 
 log = logging.getLogger(__name__)
 
 # Loaded in this order; each load is guarded so one broken cog cannot stop the bot.
-COGS: tuple[str, ...] = ()
+COGS: tuple[str, ...] = ("cogs.generate", "cogs.remix")
+COMMANDS_HASH_KEY = "global_commands_hash"
+
+
+def point_discord_at(settings: Settings) -> None:
+    """Redirect discord.py to a local Discord when the (test-only) settings ask for it."""
+    if settings.discord_api_base:
+        discord.http.Route.BASE = settings.discord_api_base.rstrip("/")
+    if settings.discord_gateway_url:
+        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.discord_gateway_url)
+    if settings.discord_cdn_base:
+        discord.asset.Asset.BASE = settings.discord_cdn_base.rstrip("/")
+
+
+class RemixerTree(app_commands.CommandTree):
+    """The one error handler: member mistakes are shown as they are, the rest is logged."""
+
+    async def on_error(self, interaction: discord.Interaction,
+                       error: app_commands.AppCommandError) -> None:
+        original = getattr(error, "original", error)
+        if isinstance(original, UserFacingError):
+            await reply_privately(interaction, str(original))
+            return
+        log.error("command %s failed", interaction.command and interaction.command.name,
+                  exc_info=original)
+        await reply_privately(interaction, "Something went wrong on my side; it has been "
+                              "logged. Please try again in a moment.")
+
+
+async def reply_privately(interaction: discord.Interaction, text: str) -> None:
+    """Answer only the member, whether or not the interaction was already acknowledged."""
+    try:
+        if interaction.response.is_done():
+            await interaction.followup.send(text, ephemeral=True)
+        else:
+            await interaction.response.send_message(text, ephemeral=True)
+    except discord.HTTPException as exc:
+        log.warning("could not answer interaction %s: %s", interaction.id, exc.status)
 
 
 class RemixerBot(commands.Bot):
@@ -22,29 +66,45 @@ class RemixerBot(commands.Bot):
         intents = discord.Intents.none()
         intents.guilds = True
         super().__init__(command_prefix=commands.when_mentioned, intents=intents,
-                         help_command=None)
+                         help_command=None, tree_cls=RemixerTree,
+                         allowed_mentions=discord.AllowedMentions.none())
         self.settings = settings
-        self.http_session: aiohttp.ClientSession | None = None
-        self.modelslab: ModelsLabClient | None = None
+        self.services = Services(settings, DiscordDelivery(self))
+        self.generation: GenerationService | None = None
 
     async def setup_hook(self) -> None:
-        self.http_session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=120, sock_connect=10),
-            headers={"User-Agent": "Remixer (self-hosted Discord bot)"},
-        )
-        self.modelslab = ModelsLabClient(
-            self.http_session,
-            base_url=self.settings.modelslab_base_url,
-            api_key=self.settings.modelslab_api_key,
-            enterprise_key=self.settings.modelslab_enterprise_api_key,
-        )
+        await self.services.start()
+        assert self.services.engine is not None and self.services.session is not None
+        self.generation = GenerationService(self.settings, self.services.engine,
+                                            self.services.session)
         for name in COGS:
             try:
                 await self.load_extension(name)
             except Exception:
                 log.exception("could not load %s; the bot goes on without it", name)
+        await self.sync_commands()
+
+    async def sync_commands(self) -> None:
+        """Global commands: synced only when their definition changed (Discord rate-limits
+        syncs and global changes take a while to show). DEV_GUILD_ID: synced there each start."""
+        store = self.services.store
+        assert store is not None
+        definition = json.dumps([c.to_dict(self.tree) for c in self.tree.get_commands()],
+                                sort_keys=True)
+        digest = hashlib.sha256(definition.encode()).hexdigest()
+        if await store.get_state(COMMANDS_HASH_KEY) != digest:
+            await self.tree.sync()
+            await store.set_state(COMMANDS_HASH_KEY, digest)
+            log.info("global commands synced")
+        else:
+            log.info("global commands unchanged; not synced")
+        if self.settings.dev_guild_id:
+            guild = discord.Object(self.settings.dev_guild_id)
+            self.tree.copy_global_to(guild=guild)
+            await self.tree.sync(guild=guild)
+            log.info("commands synced to guild %s", self.settings.dev_guild_id)
 
     async def close(self) -> None:
+        # Jobs first, while Discord is still reachable for deliveries in progress.
+        await self.services.stop()
         await super().close()
-        if self.http_session is not None:
-            await self.http_session.close()

@@ -54,11 +54,13 @@ class Services:
     async def stop(self) -> None:
         """Webhooks first (handlers in progress finish), then the engine, then the rest.
         Every job is left in a state the next start resumes."""
-        if self.web is not None:
-            await self.web.stop()
-        if self.engine is not None:
-            await self.engine.stop()
-        if self.store is not None:
-            await self.store.close()
-        if self.session is not None:
-            await self.session.close()
+        web, engine, store, session = self.web, self.engine, self.store, self.session
+        self.web = self.engine = self.store = self.session = None  # stop once
+        if web is not None:
+            await web.stop()
+        if engine is not None:
+            await engine.stop()
+        if store is not None:
+            await store.close()
+        if session is not None:
+            await session.close()

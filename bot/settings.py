@@ -48,6 +48,10 @@ class Settings(BaseSettings):
     daily_image_quota: Annotated[int, Field(ge=0)] = 20
     modelslab_max_concurrency: Annotated[int, Field(ge=1, le=100)] = 5
     log_level: LogLevel = "INFO"
+    # For tests against a local Discord; never set in production.
+    discord_api_base: str | None = None
+    discord_gateway_url: str | None = None
+    discord_cdn_base: str | None = None
 
     @field_validator("modelslab_base_url")
     @classmethod
@@ -58,6 +62,11 @@ class Settings(BaseSettings):
     @classmethod
     def _check_public_url(cls, value: str | None) -> str | None:
         return None if value is None else _http_url(value, "bot.example.org")
+
+    @field_validator("discord_api_base", "discord_cdn_base")
+    @classmethod
+    def _check_discord_urls(cls, value: str | None) -> str | None:
+        return None if value is None else _http_url(value, "127.0.0.1:8000/api/v10")
 
     @field_validator("default_model_id")
     @classmethod

@@ -1,0 +1,21 @@
+"""The custom ids of the buttons on results: the contract between delivery (which puts them on
+messages) and the cogs (whose persistent DynamicItems answer them, also after a restart)."""
+
+from __future__ import annotations
+
+TRACK = r"(?P<track>[A-Za-z0-9_-]{8,64})"
+REMIX_TEMPLATE = rf"remix:{TRACK}:(?P<index>[0-9])"
+REROLL_TEMPLATE = rf"reroll:{TRACK}"
+DELETE_TEMPLATE = rf"delete:{TRACK}"
+
+
+def remix_id(track_id: str, index: int) -> str:
+    return f"remix:{track_id}:{index}"
+
+
+def reroll_id(track_id: str) -> str:
+    return f"reroll:{track_id}"
+
+
+def delete_id(track_id: str) -> str:
+    return f"delete:{track_id}"

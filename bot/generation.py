@@ -1,0 +1,174 @@
+"""Turning a member's request into a queued job: endpoint, options, attachments, payload.
+
+Everything here is checked before anything is sent to ModelsLab, and every refusal is a
+``UserFacingError`` in words. The service knows nothing of Discord: the caller hands it the
+attachments' URLs and a way to host converted images (``HostFiles``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from bot.errors import UserFacingError
+from bot.images import (
+    MAX_UPLOAD_BYTES,
+    CheckedImage,
+    ImageRejected,
+    check_declared_size,
+    check_image,
+    prepare_init_image,
+    prepare_mask,
+)
+from bot.jobs.engine import JobEngine
+from bot.jobs.models import Job, NewJob, Requester
+from bot.modelslab.catalogue import (
+    DEFAULT_IMG2IMG_ENDPOINT,
+    ENDPOINTS,
+    INPAINT,
+    Endpoint,
+    KeyKind,
+    Operation,
+)
+from bot.modelslab.payload import GenerationOptions, SourceImage, build_payload
+from bot.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DOWNLOAD_TIMEOUT = aiohttp.ClientTimeout(total=30, sock_connect=10)
+
+
+@dataclass(frozen=True, slots=True)
+class Upload:
+    """An image a member gave (a Discord attachment, or an earlier result)."""
+
+    url: str
+    filename: str
+    size: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HostedFile:
+    filename: str
+    data: bytes
+    content_type: str
+
+
+# Puts converted images where ModelsLab can fetch them; returns their URLs in order.
+HostFiles = Callable[[list[HostedFile]], Awaitable[list[str]]]
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    operation: Operation
+    options: GenerationOptions
+    image: Upload
+    requester: Requester
+    endpoint: str | None = None
+    mask: Upload | None = None
+    nsfw_channel: bool = False
+    parent_track_id: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # kept with the job (e.g. remix source)
+
+
+class GenerationService:
+    def __init__(self, settings: Settings, engine: JobEngine,
+                 session: aiohttp.ClientSession) -> None:
+        self.settings = settings
+        self.engine = engine
+        self._session = session
+
+    def resolve_endpoint(self, operation: Operation, name: str | None) -> Endpoint:
+        if operation is Operation.INPAINT:
+            endpoint = INPAINT
+        else:
+            endpoint = ENDPOINTS.get(name or DEFAULT_IMG2IMG_ENDPOINT)
+            if endpoint is None or endpoint.operation is not Operation.IMG2IMG:
+                choices = ", ".join(e.name for e in ENDPOINTS.values()
+                                    if e.operation is Operation.IMG2IMG)
+                raise UserFacingError(f"{name} is not an endpoint; choose one of {choices}.")
+        if endpoint.key is KeyKind.ENTERPRISE and not self.settings.enterprise_enabled:
+            raise UserFacingError(
+                f"The {endpoint.title} endpoint needs an enterprise ModelsLab key, and this "
+                f"server's Remixer has none. Use the v6 endpoint, or ask an admin to set "
+                f"MODELSLAB_ENTERPRISE_API_KEY.")
+        return endpoint
+
+    def check_options(self, endpoint: Endpoint, options: GenerationOptions) -> None:
+        """Refuse options before any download (the real size is not needed to judge them)."""
+        build_payload(endpoint, options, image=SourceImage("https://example.invalid/x", 1024, 1024),
+                      mask=SourceImage("https://example.invalid/m", 1024, 1024)
+                      if endpoint.takes("mask") else None,
+                      default_model=self.settings.default_model_id)
+
+    async def start(self, request: GenerationRequest, host: HostFiles) -> Job:
+        """Check everything, host converted images, write the job and queue it."""
+        endpoint = self.resolve_endpoint(request.operation, request.endpoint)
+        self.check_options(endpoint, request.options)
+
+        image = await self._fetch_checked(request.image, "image")
+        mask = await self._fetch_checked(request.mask, "mask") if request.mask else None
+
+        # Pillow work is CPU-bound (a large photo takes a good fraction of a second).
+        to_host: list[HostedFile] = []
+        prepared = await asyncio.to_thread(prepare_init_image, image)
+        width, height = prepared.size if prepared else image.size
+        if prepared is not None:
+            to_host.append(HostedFile(f"input{prepared.filename_suffix}", prepared.data,
+                                      prepared.content_type))
+        if mask is not None:
+            mask_png = await asyncio.to_thread(prepare_mask, mask, (width, height))
+            to_host.append(HostedFile("mask.png", mask_png, "image/png"))
+        urls = await host(to_host) if to_host else []
+        image_url = urls.pop(0) if prepared is not None else request.image.url
+        mask_url = urls.pop(0) if mask is not None else None
+
+        payload = build_payload(
+            endpoint, request.options,
+            image=SourceImage(image_url, width, height),
+            mask=SourceImage(mask_url, width, height) if mask_url else None,
+            default_model=self.settings.default_model_id,
+            # Outside channels marked NSFW the safety checker is always on.
+            safety_checker=not request.nsfw_channel,
+        )
+        options = {**request.options.given(), **request.extra,
+                   "endpoint": endpoint.name, "image_url": image_url,
+                   "image_size": [width, height], "nsfw_channel": request.nsfw_channel}
+        if mask_url:
+            options["mask_url"] = mask_url
+        new = NewJob(endpoint=endpoint.name, payload=payload, requester=request.requester,
+                     images=int(payload.get("samples", 1)), options=options,
+                     parent_track_id=request.parent_track_id)
+        return await self.engine.enqueue(new)
+
+    async def _fetch_checked(self, upload: Upload, label: str) -> CheckedImage:
+        if upload.size is not None:
+            check_declared_size(upload.size, label)
+        try:
+            async with self._session.get(upload.url, timeout=DOWNLOAD_TIMEOUT) as resp:
+                if resp.status != 200:
+                    raise UserFacingError(f"The {label} could not be downloaded from Discord "
+                                          f"(HTTP {resp.status}); try attaching it again.")
+                data = await resp.content.read(MAX_UPLOAD_BYTES + 1)
+        except (aiohttp.ClientError, TimeoutError):
+            raise UserFacingError(f"The {label} could not be downloaded from Discord; "
+                                  f"try again in a moment.") from None
+        try:
+            return await asyncio.to_thread(check_image, data, label=label,
+                                           declared_size=len(data))
+        except ImageRejected:
+            raise
+        except Exception:
+            log.exception("unexpected error checking the %s %s", label, upload.filename)
+            raise ImageRejected(f"The {label} is not an image Remixer can read.",
+                                label=label) from None
+
+
+def token_expiry(created_at: float) -> float:
+    """Interaction tokens work for 15 minutes from the interaction."""
+    return created_at + 15 * 60
