@@ -8,6 +8,7 @@ re-uploaded, never linked: ModelsLab's links expire.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import logging
@@ -15,6 +16,7 @@ import time
 from collections.abc import Sequence
 
 import discord
+from PIL import Image
 
 from bot.components import delete_id, remix_id, reroll_id
 from bot.jobs.delivery import DeliveryFailed
@@ -25,6 +27,7 @@ log = logging.getLogger(__name__)
 TOKEN_MARGIN = 60.0  # don't start a followup with a token this close to expiring
 STATUS_EDIT_INTERVAL = 5.0  # the status message is edited at most this often
 HISTORY_SEARCH_LIMIT = 50
+UPLOAD_LIMIT = 10 * 1024 * 1024  # Discord's per-file limit for bots in servers without boosts
 
 
 def short_id(track_id: str) -> str:
@@ -95,6 +98,25 @@ def status_text(job: Job, position: int | None) -> str:
     return f"Finishing up… ({job_marker(job)})"
 
 
+def fit_for_upload(output: Output, limit: int = UPLOAD_LIMIT) -> tuple[str, bytes]:
+    """The output as it can be posted: over Discord's per-file limit, it is re-encoded as a
+    high-quality JPEG (scaled down only if that is still too big)."""
+    if len(output.data) <= limit:
+        return output.filename, output.data
+    with Image.open(io.BytesIO(output.data)) as image:
+        picture = image.convert("RGB")
+    stem = output.filename.rsplit(".", 1)[0]
+    for scale in (1.0, 0.75, 0.5, 0.35):
+        resized = picture if scale == 1.0 else picture.resize(
+            (max(1, int(picture.width * scale)), max(1, int(picture.height * scale))),
+            Image.Resampling.LANCZOS)
+        buffer = io.BytesIO()
+        resized.save(buffer, "JPEG", quality=92, optimize=True)
+        if buffer.tell() <= limit:
+            return f"{stem}.jpg", buffer.getvalue()
+    return f"{stem}.jpg", buffer.getvalue()
+
+
 class DiscordDelivery:
     """The jobs layer's ``Delivery``, speaking to Discord through the bot's connection."""
 
@@ -111,10 +133,11 @@ class DiscordDelivery:
             return None
         return discord.Webhook.partial(r.application_id, r.interaction_token, client=self.client)
 
-    def _files(self, job: Job, outputs: Sequence[Output]) -> list[discord.File]:
+    async def _files(self, job: Job, outputs: Sequence[Output]) -> list[discord.File]:
         spoil = job.nsfw and self.nsfw_spoilers and not job.options.get("nsfw_channel")
-        return [discord.File(io.BytesIO(o.data), filename=o.filename, spoiler=spoil)
-                for o in outputs]
+        fitted = await asyncio.to_thread(lambda: [fit_for_upload(o) for o in outputs])
+        return [discord.File(io.BytesIO(data), filename=name, spoiler=spoil)
+                for name, data in fitted]
 
     async def deliver(self, job: Job, outputs: Sequence[Output]) -> int | None:
         succeeded = job.status is JobStatus.SUCCEEDED
@@ -135,7 +158,7 @@ class DiscordDelivery:
                          job.track_id, exc.status)
         elif webhook is not None:
             try:
-                message = await webhook.send(text, files=self._files(job, outputs), wait=True,
+                message = await webhook.send(text, files=await self._files(job, outputs), wait=True,
                                              allowed_mentions=mentions, view=view)
                 await self._mark_done(webhook, job, message.jump_url)
                 return message.id
@@ -147,7 +170,7 @@ class DiscordDelivery:
                                                       guild_id=job.requester.guild_id)
         try:
             kwargs = {"view": view} if view else {}
-            message = await channel.send(text, files=self._files(job, outputs),
+            message = await channel.send(text, files=await self._files(job, outputs),
                                          allowed_mentions=mentions, **kwargs)
             return message.id
         except (discord.Forbidden, discord.NotFound) as exc:
@@ -162,7 +185,7 @@ class DiscordDelivery:
                 f"send messages there. An admin can fix my permissions.")
         try:
             user = await self.client.fetch_user(job.requester.user_id)
-            message = await user.send(text + note, files=self._files(job, outputs))
+            message = await user.send(text + note, files=await self._files(job, outputs))
             return message.id
         except discord.HTTPException as exc:
             raise DeliveryFailed(f"neither the channel nor a direct message worked "
