@@ -74,6 +74,11 @@ def failure_text(job: Job) -> str:
             f"{quote(job.prompt, 200)}\n{job_marker(job)}")
 
 
+def message_link(job: Job, message_id: int) -> str:
+    r = job.requester
+    return f"https://discord.com/channels/{r.guild_id or '@me'}/{r.channel_id}/{message_id}"
+
+
 def result_view(job: Job, count: int) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
     for index in range(count):
@@ -160,7 +165,7 @@ class DiscordDelivery:
             try:
                 message = await webhook.send(text, files=await self._files(job, outputs), wait=True,
                                              allowed_mentions=mentions, view=view)
-                await self._mark_done(webhook, job, message.jump_url)
+                await self._mark_done(webhook, job, message_link(job, message.id))
                 return message.id
             except discord.HTTPException as exc:
                 log.info("job %s: followup failed (%s); posting in the channel", job.track_id,

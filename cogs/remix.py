@@ -150,7 +150,7 @@ class RemixButton(discord.ui.DynamicItem[discord.ui.Button], template=REMIX_TEMP
         await interaction.response.send_modal(RemixModal(
             title="Remix this image", image=upload_of(attachments[self.index]),
             prompt=job.prompt, negative_prompt=job.options.get("negative_prompt") or "",
-            strength=job.options.get("strength"), source=job))
+            strength=job.options.get("strength", job.payload.get("strength")), source=job))
 
 
 class RerollButton(discord.ui.DynamicItem[discord.ui.Button], template=REROLL_TEMPLATE):

@@ -48,6 +48,7 @@ async def test_remix_of_a_remix(world):
     assert click.modal is not None
     fields = modal_fields(click.modal)
     assert fields["Prompt"] == "a lighthouse"  # the first field, prefilled
+    assert fields["Strength (0 keeps the image, 1 ignores it)"] == "0.7"  # what was used
     submit = await world.discord.submit_modal(BOB, channel, click.modal["custom_id"],
                                               {"Prompt": "a lighthouse at night"})
     await submit.response()
