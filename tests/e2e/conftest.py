@@ -73,12 +73,12 @@ async def start_world(tmp_path, **settings) -> tuple[World, object]:
     try:
         await discord_fake.wait_until_ready(timeout=30, commands=True)
     except Exception:
-        bot.terminate()
+        await bot.terminate()
         raise AssertionError("the bot never became ready:\n" + bot.log()[-4000:]) from None
     world = World(discord_fake, modelslab, bot)
 
     async def stop() -> None:
-        bot.terminate()
+        await bot.terminate()
         await modelslab.close()
         await discord_fake.close()
 

@@ -66,11 +66,13 @@ class BotProcess:
             os.kill(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
 
-    def terminate(self) -> None:
-        if self.alive():
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+    async def terminate(self, within: float = 20.0) -> None:
+        """SIGTERM, then wait without blocking the event loop: the fakes live in this loop,
+        and a bot finishing its work on the way out still needs them to answer."""
+        if not self.alive():
+            return
+        self.proc.terminate()
+        try:
+            await self.wait_exit(within)
+        except AssertionError:
+            self.kill()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 
 import pytest
 
@@ -15,7 +16,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 async def restart(world) -> None:
     sessions = len(world.discord.sessions)
-    world.bot.terminate()
+    await world.bot.terminate()
     world.bot.start()
     await world.discord.wait_until_ready(timeout=30, after=sessions)
 
@@ -61,7 +62,11 @@ async def test_sigkill_while_processing_then_restart_delivers_exactly_once(tmp_p
         await world.discord.slash(ALICE, channel, "img2img",
                                   {"image": world.image(), "prompt": "survive the crash",
                                    "samples": 2})
-        await eventually(lambda: world.modelslab.processing_jobs)
+        db = sqlite3.connect(tmp_path / "bot.sqlite3")
+        # Killed once the bot has recorded the job as processing (a kill before that leaves
+        # a submit of unknown outcome, which waits for its webhook and is never resent).
+        await eventually(lambda: db.execute(
+            "SELECT COUNT(*) FROM jobs WHERE status = 'processing'").fetchone()[0] == 1)
         world.bot.kill()
         (job,) = world.modelslab.processing_jobs
         await world.modelslab.complete(job.id)  # its webhook finds no bot
