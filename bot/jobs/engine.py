@@ -19,7 +19,7 @@ from typing import Any
 from bot.jobs.delivery import Delivery
 from bot.jobs.downloads import DownloadError, OutputDownloader
 from bot.jobs.models import Job, JobStatus, NewJob, Output
-from bot.jobs.store import JobStore
+from bot.jobs.store import JobStore, QuotaRule
 from bot.modelslab.catalogue import endpoint as endpoint_named
 from bot.modelslab.client import (
     MissingKey,
@@ -109,6 +109,10 @@ class JobEngine:
         await asyncio.gather(*self._loops, return_exceptions=True)
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+            if pending:
+                log.warning("stopping with %d job steps unfinished (%s); they resume at the "
+                            "next start", len(pending),
+                            ", ".join(sorted(t.get_name() for t in pending)[:5]))
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
@@ -124,9 +128,10 @@ class JobEngine:
 
     # --- intake -------------------------------------------------------------------------
 
-    async def enqueue(self, new: NewJob) -> Job:
-        """Persist a new job (queued) and wake the dispatcher. Nothing is sent before this."""
-        job = await self.store.create(new, now=self.clock())
+    async def enqueue(self, new: NewJob, *, quota: QuotaRule | None = None) -> Job:
+        """Persist a new job (queued) with its quota reservation, and wake the dispatcher.
+        Nothing is sent before this. Raises QuotaExceeded or TooManyJobs under ``quota``."""
+        job = await self.store.create(new, now=self.clock(), quota=quota)
         self._wake_dispatch.set()
         await self._progress(job)
         return job
