@@ -16,12 +16,13 @@ from bot.delivery import DiscordDelivery
 from bot.errors import UserFacingError
 from bot.generation import GenerationService
 from bot.runtime import Services
+from bot.servers import Servers
 from bot.settings import Settings
 
 log = logging.getLogger(__name__)
 
 # Loaded in this order; each load is guarded so one broken cog cannot stop the bot.
-COGS: tuple[str, ...] = ("cogs.generate", "cogs.remix")
+COGS: tuple[str, ...] = ("cogs.generate", "cogs.remix", "cogs.admin")
 COMMANDS_HASH_KEY = "global_commands_hash"
 
 
@@ -71,12 +72,15 @@ class RemixerBot(commands.Bot):
         self.settings = settings
         self.services = Services(settings, DiscordDelivery(self))
         self.generation: GenerationService | None = None
+        self.servers: Servers | None = None
 
     async def setup_hook(self) -> None:
         await self.services.start()
         assert self.services.engine is not None and self.services.session is not None
+        assert self.services.store is not None
+        self.servers = Servers(self.services.store, self.settings)
         self.generation = GenerationService(self.settings, self.services.engine,
-                                            self.services.session)
+                                            self.services.session, self.servers)
         for name in COGS:
             try:
                 await self.load_extension(name)

@@ -125,9 +125,8 @@ def fit_for_upload(output: Output, limit: int = UPLOAD_LIMIT) -> tuple[str, byte
 class DiscordDelivery:
     """The jobs layer's ``Delivery``, speaking to Discord through the bot's connection."""
 
-    def __init__(self, client: discord.Client, *, nsfw_spoilers: bool = True) -> None:
+    def __init__(self, client: discord.Client) -> None:
         self.client = client
-        self.nsfw_spoilers = nsfw_spoilers
         self._last_status: dict[str, tuple[float, str]] = {}
 
     def _webhook(self, job: Job) -> discord.Webhook | None:
@@ -139,7 +138,11 @@ class DiscordDelivery:
         return discord.Webhook.partial(r.application_id, r.interaction_token, client=self.client)
 
     async def _files(self, job: Job, outputs: Sequence[Output]) -> list[discord.File]:
-        spoil = job.nsfw and self.nsfw_spoilers and not job.options.get("nsfw_channel")
+        # Outside NSFW channels a flagged output is always a spoiler; inside, as the server's
+        # NSFW policy says.
+        in_nsfw_channel = bool(job.options.get("nsfw_channel"))
+        spoil = job.nsfw and (not in_nsfw_channel
+                              or job.options.get("nsfw_policy") == "spoiler")
         fitted = await asyncio.to_thread(lambda: [fit_for_upload(o) for o in outputs])
         return [discord.File(io.BytesIO(data), filename=name, spoiler=spoil)
                 for name, data in fitted]

@@ -8,6 +8,7 @@ attachments' URLs and a way to host converted images (``HostFiles``).
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from bot.images import (
 )
 from bot.jobs.engine import JobEngine
 from bot.jobs.models import Job, NewJob, Requester
+from bot.jobs.store import QuotaExceeded, TooManyJobs
 from bot.modelslab.catalogue import (
     DEFAULT_IMG2IMG_ENDPOINT,
     ENDPOINTS,
@@ -36,6 +38,7 @@ from bot.modelslab.catalogue import (
     Operation,
 )
 from bot.modelslab.payload import GenerationOptions, SourceImage, build_payload
+from bot.servers import Servers, next_reset
 from bot.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -76,18 +79,31 @@ class GenerationRequest:
     extra: dict[str, Any] = field(default_factory=dict)  # kept with the job (e.g. remix source)
 
 
+def quota_refusal(used: int, limit: int, asked: int, resets_at: dt.datetime) -> UserFacingError:
+    when = f"<t:{int(resets_at.timestamp())}:R>"
+    if used >= limit:
+        return UserFacingError(f"You have used all {limit} of your images for today "
+                               f"({used} of {limit}). Your quota resets {when}.")
+    return UserFacingError(f"This would make {asked} image{'s' if asked != 1 else ''}, and "
+                           f"you have {limit - used} of your {limit} left today ({used} "
+                           f"used). Ask for fewer samples, or wait until your quota resets "
+                           f"{when}.")
+
+
 class GenerationService:
     def __init__(self, settings: Settings, engine: JobEngine,
-                 session: aiohttp.ClientSession) -> None:
+                 session: aiohttp.ClientSession, servers: Servers) -> None:
         self.settings = settings
         self.engine = engine
+        self.servers = servers
         self._session = session
 
-    def resolve_endpoint(self, operation: Operation, name: str | None) -> Endpoint:
+    def resolve_endpoint(self, operation: Operation, name: str | None,
+                         default: str = DEFAULT_IMG2IMG_ENDPOINT) -> Endpoint:
         if operation is Operation.INPAINT:
             endpoint = INPAINT
         else:
-            endpoint = ENDPOINTS.get(name or DEFAULT_IMG2IMG_ENDPOINT)
+            endpoint = ENDPOINTS.get(name or default)
             if endpoint is None or endpoint.operation is not Operation.IMG2IMG:
                 choices = ", ".join(e.name for e in ENDPOINTS.values()
                                     if e.operation is Operation.IMG2IMG)
@@ -99,17 +115,30 @@ class GenerationService:
                 f"MODELSLAB_ENTERPRISE_API_KEY.")
         return endpoint
 
-    def check_options(self, endpoint: Endpoint, options: GenerationOptions) -> None:
-        """Refuse options before any download (the real size is not needed to judge them)."""
-        build_payload(endpoint, options, image=SourceImage("https://example.invalid/x", 1024, 1024),
-                      mask=SourceImage("https://example.invalid/m", 1024, 1024)
-                      if endpoint.takes("mask") else None,
-                      default_model=self.settings.default_model_id)
+    def check_options(self, endpoint: Endpoint, options: GenerationOptions,
+                      default_model: str) -> int:
+        """Refuse options before any download (the real size is not needed to judge them);
+        returns how many images the job would make."""
+        body = build_payload(endpoint, options,
+                             image=SourceImage("https://example.invalid/x", 1024, 1024),
+                             mask=SourceImage("https://example.invalid/m", 1024, 1024)
+                             if endpoint.takes("mask") else None, default_model=default_model)
+        return int(body.get("samples", 1))
 
     async def start(self, request: GenerationRequest, host: HostFiles) -> Job:
         """Check everything, host converted images, write the job and queue it."""
-        endpoint = self.resolve_endpoint(request.operation, request.endpoint)
-        self.check_options(endpoint, request.options)
+        r = request.requester
+        server = await self.servers.get(r.guild_id)
+        self.servers.check_channel(server, r.channel_id)
+        endpoint = self.resolve_endpoint(request.operation, request.endpoint,
+                                         server.default_endpoint)
+        images = self.check_options(endpoint, request.options, server.default_model)
+        # A quick look at the quota before any download; the binding check is made when the
+        # job is written, in the same transaction.
+        quota = await self.servers.quota_rule(server, r.user_id)
+        usage = await self.servers.usage(server, r.user_id)
+        if quota.daily_limit is not None and usage.used + images > quota.daily_limit:
+            raise quota_refusal(usage.used, quota.daily_limit, images, usage.resets_at)
 
         image = await self._fetch_checked(request.image, "image")
         mask = await self._fetch_checked(request.mask, "mask") if request.mask else None
@@ -132,19 +161,27 @@ class GenerationService:
             endpoint, request.options,
             image=SourceImage(image_url, width, height),
             mask=SourceImage(mask_url, width, height) if mask_url else None,
-            default_model=self.settings.default_model_id,
+            default_model=server.default_model,
             # Outside channels marked NSFW the safety checker is always on.
             safety_checker=not request.nsfw_channel,
         )
         options = {**request.options.given(), **request.extra,
                    "endpoint": endpoint.name, "image_url": image_url,
-                   "image_size": [width, height], "nsfw_channel": request.nsfw_channel}
+                   "image_size": [width, height], "nsfw_channel": request.nsfw_channel,
+                   "nsfw_policy": server.nsfw_policy}
         if mask_url:
             options["mask_url"] = mask_url
         new = NewJob(endpoint=endpoint.name, payload=payload, requester=request.requester,
                      images=int(payload.get("samples", 1)), options=options,
                      parent_track_id=request.parent_track_id)
-        return await self.engine.enqueue(new)
+        try:
+            return await self.engine.enqueue(new, quota=quota)
+        except QuotaExceeded as exc:
+            raise quota_refusal(exc.used, exc.limit, exc.asked, next_reset()) from None
+        except TooManyJobs as exc:
+            raise UserFacingError(
+                f"You already have {exc.active} jobs waiting or running, the most one member "
+                f"may have at once on this server. Try again when one is done.") from None
 
     async def _fetch_checked(self, upload: Upload, label: str) -> CheckedImage:
         if upload.size is not None:

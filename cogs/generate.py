@@ -1,4 +1,4 @@
-"""/img2img, /inpaint and /quota.
+"""/img2img and /inpaint.
 
 Discord's min/max/choices below are read from the catalogue, but Discord enforces them only in
 its own client: every value is checked again by the bot (GenerationService) before anything
@@ -8,7 +8,6 @@ stay private and the status message that follows is the member's own.
 
 from __future__ import annotations
 
-import datetime as dt
 import io
 import logging
 from typing import TYPE_CHECKING
@@ -211,22 +210,6 @@ class Generate(commands.Cog):
                   *[m for m in used if m != self.bot.settings.default_model_id]]
         text = current.lower()
         return [app_commands.Choice(name=m, value=m) for m in models if text in m.lower()][:25]
-
-    @app_commands.command(name="quota", description="How many images you can still make today")
-    async def quota(self, interaction: discord.Interaction) -> None:
-        store = self.bot.services.store
-        assert store is not None
-        now = discord.utils.utcnow()
-        start = now.replace(hour=0, minute=0, second=0, microsecond=0)
-        reset = start + dt.timedelta(days=1)
-        used = await store.images_used(interaction.user.id, interaction.guild_id,
-                                       start.timestamp())
-        limit = self.bot.settings.daily_image_quota
-        left = max(0, limit - used)
-        await interaction.response.send_message(
-            f"You have used **{used}** of **{limit}** images today (UTC); **{left}** left. "
-            f"The count resets {discord.utils.format_dt(reset, 'R')} "
-            f"({discord.utils.format_dt(reset, 'f')}).", ephemeral=True)
 
 
 async def setup(bot: RemixerBot) -> None:

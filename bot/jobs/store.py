@@ -18,6 +18,8 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +93,65 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE TABLE state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     """,
+    # 2: quotas (a ledger of reservations and refunds), server settings, member limits.
+    """
+    CREATE TABLE quota_ledger (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        guild_id INTEGER,
+        user_id INTEGER NOT NULL,
+        track_id TEXT NOT NULL REFERENCES jobs(track_id),
+        images INTEGER NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('reserve', 'refund')),
+        day TEXT NOT NULL,
+        at REAL NOT NULL,
+        UNIQUE (track_id, kind)
+    );
+    CREATE INDEX ledger_by_member ON quota_ledger(guild_id, user_id, day);
+    CREATE TABLE guild_settings (
+        guild_id INTEGER PRIMARY KEY,
+        daily_limit INTEGER,
+        max_active_jobs INTEGER,
+        default_endpoint TEXT,
+        default_model TEXT,
+        nsfw_policy TEXT,
+        allowed_channels TEXT NOT NULL DEFAULT '[]',
+        updated_at REAL,
+        updated_by INTEGER
+    );
+    CREATE TABLE member_limits (
+        guild_id INTEGER NOT NULL,
+        user_id INTEGER NOT NULL,
+        daily_limit INTEGER,
+        updated_at REAL,
+        updated_by INTEGER,
+        PRIMARY KEY (guild_id, user_id)
+    );
+    """,
 )
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaRule:
+    """What a new job may cost its member: checked in the same transaction that writes it."""
+
+    daily_limit: int | None  # images per UTC day; None: unlimited
+    max_active: int | None  # jobs waiting or running at once; None: no cap
+
+
+class QuotaExceeded(Exception):
+    def __init__(self, used: int, limit: int, asked: int) -> None:
+        super().__init__(f"{used} of {limit} used, {asked} asked")
+        self.used, self.limit, self.asked = used, limit, asked
+
+
+class TooManyJobs(Exception):
+    def __init__(self, active: int, cap: int) -> None:
+        super().__init__(f"{active} active, cap {cap}")
+        self.active, self.cap = active, cap
+
+
+def utc_day(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d")
 
 
 BUSY_PATIENCE = 30.0  # how long a write waits for another process to let go of the database
@@ -290,24 +350,52 @@ class JobStore:
 
     # --- writing ------------------------------------------------------------------------
 
-    async def create(self, new: NewJob, *, now: float | None = None) -> Job:
-        """Write the job row, status queued, before anything is sent anywhere."""
+    async def create(self, new: NewJob, *, now: float | None = None,
+                     quota: QuotaRule | None = None) -> Job:
+        """Write the job row, status queued, before anything is sent anywhere, together with
+        its images' reservation in the ledger. With ``quota``, the member's usage today and
+        their active jobs are checked in the same transaction (QuotaExceeded, TooManyJobs),
+        so two commands at once cannot both slip under the limit."""
         now = time.time() if now is None else now
+        day = utc_day(now)
         track_id = new_track_id()
         r = new.requester
-        job = await self._change(
-            "INSERT INTO jobs (track_id, seq, endpoint, status, payload, options, user_id, "
-            "guild_id, channel_id, interaction_token, token_expires_at, application_id, "
-            "images, parent_track_id, created_at) VALUES (?, "
-            "(SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs), ?, 'queued', ?, ?, ?, ?, ?, ?, "
-            "?, ?, ?, ?, ?) RETURNING *",
-            (track_id, new.endpoint, json.dumps({**new.payload, "track_id": track_id}),
-             json.dumps(new.options), r.user_id, r.guild_id, r.channel_id,
-             r.interaction_token, r.token_expires_at, r.application_id, new.images,
-             new.parent_track_id, now),
-        )
-        assert job is not None
+        async with self._write() as db:
+            if quota is not None and quota.daily_limit is not None:
+                used = await self._used(db, r.guild_id, r.user_id, day)
+                if used + new.images > quota.daily_limit:
+                    raise QuotaExceeded(used, quota.daily_limit, new.images)
+            if quota is not None and quota.max_active is not None:
+                rows = await db.execute_fetchall(
+                    "SELECT COUNT(*) FROM jobs WHERE guild_id IS ? AND user_id = ? AND status "
+                    "IN ('queued', 'submitted', 'processing')", (r.guild_id, r.user_id))
+                active = next(iter(rows))[0]
+                if active >= quota.max_active:
+                    raise TooManyJobs(active, quota.max_active)
+            rows = await db.execute_fetchall(
+                "INSERT INTO jobs (track_id, seq, endpoint, status, payload, options, user_id, "
+                "guild_id, channel_id, interaction_token, token_expires_at, application_id, "
+                "images, parent_track_id, created_at) VALUES (?, "
+                "(SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs), ?, 'queued', ?, ?, ?, ?, ?, ?, "
+                "?, ?, ?, ?, ?) RETURNING *",
+                (track_id, new.endpoint, json.dumps({**new.payload, "track_id": track_id}),
+                 json.dumps(new.options), r.user_id, r.guild_id, r.channel_id,
+                 r.interaction_token, r.token_expires_at, r.application_id, new.images,
+                 new.parent_track_id, now))
+            job = Job.from_row(next(iter(rows)))
+            await db.execute(
+                "INSERT INTO quota_ledger (guild_id, user_id, track_id, images, kind, day, at) "
+                "VALUES (?, ?, ?, ?, 'reserve', ?, ?)",
+                (r.guild_id, r.user_id, track_id, new.images, day, now))
         return job
+
+    @staticmethod
+    async def _used(db: aiosqlite.Connection, guild_id: int | None, user_id: int,
+                    day: str) -> int:
+        rows = await db.execute_fetchall(
+            "SELECT COALESCE(SUM(images), 0) FROM quota_ledger WHERE guild_id IS ? "
+            "AND user_id = ? AND day = ?", (guild_id, user_id, day))
+        return int(next(iter(rows))[0])
 
     async def claim_next(self, now: float) -> tuple[Job, str] | None:
         """Move the next job, fairly chosen, from queued to submitted; returns it and a fresh
@@ -389,10 +477,21 @@ class JobStore:
             (json.dumps(list(outputs)), int(nsfw), seed, request_id, now, now))
 
     async def mark_failed(self, track_id: str, *, error: str, now: float) -> Job | None:
-        return await self._transition(
-            track_id, JobStatus.FAILED,
-            "error = ?, result_at = COALESCE(result_at, ?), finished_at = ?, next_poll_at = NULL",
-            (error, now, now))
+        """The job ended without images: its reservation is refunded in the same step."""
+        sources = sources_of(JobStatus.FAILED)
+        async with self._write() as db:
+            rows = list(await db.execute_fetchall(
+                "UPDATE jobs SET status = 'failed', error = ?, result_at = COALESCE(result_at, "
+                f"?), finished_at = ?, next_poll_at = NULL WHERE track_id = ? AND status IN "
+                f"({_placeholders(sources)}) RETURNING *",
+                (error, now, now, track_id, *sources)))
+            if not rows:
+                return None
+            await db.execute(
+                "INSERT OR IGNORE INTO quota_ledger (guild_id, user_id, track_id, images, kind, "
+                "day, at) SELECT guild_id, user_id, track_id, -images, 'refund', day, ? "
+                "FROM quota_ledger WHERE track_id = ? AND kind = 'reserve'", (now, track_id))
+        return Job.from_row(rows[0])
 
     async def schedule_poll(self, track_id: str, *, at: float) -> bool:
         return await self._change(
@@ -441,13 +540,38 @@ class JobStore:
             "DELETE FROM job_outputs WHERE track_id IN "
             "(SELECT track_id FROM jobs WHERE status = 'delivered')")
 
-    async def images_used(self, user_id: int, guild_id: int | None, since: float) -> int:
-        """Images a member asked for since ``since`` that count: failed jobs cost nothing."""
+    async def images_used(self, user_id: int, guild_id: int | None, day: str) -> int:
+        """Images counted against a member on a UTC day: reservations less refunds."""
         row = await self._fetchone(
-            "SELECT COALESCE(SUM(images), 0) FROM jobs WHERE user_id = ? AND guild_id IS ? "
-            "AND created_at >= ? AND status != 'failed' "
-            "AND NOT (status = 'delivered' AND error IS NOT NULL)", (user_id, guild_id, since))
+            "SELECT COALESCE(SUM(images), 0) FROM quota_ledger WHERE guild_id IS ? "
+            "AND user_id = ? AND day = ?", (guild_id, user_id, day))
         return int(row[0])
+
+    async def ledger(self, guild_id: int | None, *, since_day: str | None = None,
+                     user_id: int | None = None) -> list[aiosqlite.Row]:
+        """The ledger rows of a server, oldest first (for audits)."""
+        return await self._fetchall(
+            "SELECT * FROM quota_ledger WHERE guild_id IS ? AND day >= COALESCE(?, '') "
+            "AND (? IS NULL OR user_id = ?) ORDER BY id",
+            (guild_id, since_day, user_id, user_id))
+
+    async def recent_jobs(self, user_id: int, guild_id: int | None, *, limit: int,
+                          offset: int = 0) -> list[Job]:
+        return await self._jobs("user_id = ? AND guild_id IS ? ORDER BY seq DESC LIMIT ? "
+                                "OFFSET ?", (user_id, guild_id, limit, offset))
+
+    async def count_jobs(self, user_id: int, guild_id: int | None) -> int:
+        row = await self._fetchone("SELECT COUNT(*) FROM jobs WHERE user_id = ? AND "
+                                   "guild_id IS ?", (user_id, guild_id))
+        return int(row[0])
+
+    async def read(self, sql: str, params: Sequence[Any] = ()) -> list[aiosqlite.Row]:
+        """A read for other services sharing this database (server settings)."""
+        return await self._fetchall(sql, params)
+
+    async def write(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """One atomic statement for other services sharing this database."""
+        await self._fetchall(sql, params)
 
     async def models_used(self, guild_id: int | None, limit: int = 20) -> list[str]:
         """The models most used in a server, most used first (for autocomplete)."""
