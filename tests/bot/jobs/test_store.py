@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 
 from bot.jobs.models import JobStatus, NewJob, Output, Requester
-from bot.jobs.store import MIGRATIONS, JobStore
+from bot.jobs.store import (
+    MIGRATIONS,
+    JobStore,
+    QuotaExceeded,
+    QuotaRule,
+    TooManyJobs,
+    utc_day,
+)
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -193,3 +200,36 @@ async def test_two_processes_writing_at_once_lose_nothing(tmp_path):
     await store.close()
     assert sum(counts.values()) == 600
     assert counts[JobStatus.SUBMITTED] == 300
+
+
+async def test_concurrent_commands_cannot_slip_past_the_daily_limit(store):
+    rule = QuotaRule(daily_limit=3, max_active=None)
+    results = await asyncio.gather(*(store.create(new_job(user=7), quota=rule)
+                                     for _ in range(10)), return_exceptions=True)
+    accepted = [r for r in results if not isinstance(r, Exception)]
+    refused = [r for r in results if isinstance(r, QuotaExceeded)]
+    assert len(accepted) == 3 and len(refused) == 7
+    assert {(r.used, r.limit) for r in refused} == {(3, 3)}
+
+
+async def test_a_failure_is_refunded_once_in_the_same_step(store):
+    job = await store.create(new_job(user=8), quota=QuotaRule(daily_limit=5, max_active=None),
+                             now=1_000_000.0)
+    day = utc_day(1_000_000.0)
+    assert await store.images_used(8, 10, day) == 1
+    assert await store.mark_failed(job.track_id, error="x", now=1_000_050.0) is not None
+    assert await store.mark_failed(job.track_id, error="x", now=1_000_060.0) is None
+    assert await store.images_used(8, 10, day) == 0
+    rows = await store.ledger(10, user_id=8)
+    assert [(r["kind"], r["images"], r["day"]) for r in rows] == [("reserve", 1, day),
+                                                                  ("refund", -1, day)]
+
+
+async def test_the_active_job_cap_counts_waiting_and_running_jobs(store):
+    rule = QuotaRule(daily_limit=None, max_active=2)
+    first = await store.create(new_job(user=9), quota=rule)
+    await store.create(new_job(user=9), quota=rule)
+    with pytest.raises(TooManyJobs):
+        await store.create(new_job(user=9), quota=rule)
+    await store.mark_failed(first.track_id, error="x", now=1.0)
+    await store.create(new_job(user=9), quota=rule)  # a slot came free
