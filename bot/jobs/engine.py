@@ -51,7 +51,8 @@ class EnginePolicy:
     not_sent_retry: float = 3.0
     max_submit_attempts: int = 5
     delivery_retry: float = 2.0
-    max_delivery_attempts: int = 5
+    max_delivery_attempts: int = 5  # in a row, before leaving the job to the sweep
+    give_up_after_attempts: int = 30  # in all (about 25 minutes of sweeps): never delivered
     sweep_interval: float = 30.0
     status_interval: float = 10.0  # how often queued members hear their place in line
     tick: float = 1.0
@@ -308,6 +309,9 @@ class JobEngine:
                     await self.store.mark_delivered(track_id, message_id=existing,
                                                     now=self.clock())
                     return
+            if job.delivery_attempts >= self.policy.give_up_after_attempts:
+                await self._give_up(job)
+                return
             started = await self.store.begin_delivery(track_id, now=self.clock())
             if started is None:
                 return
@@ -327,6 +331,17 @@ class JobEngine:
             return
         log.error("job %s: not delivered after %d attempts; will retry later",
                   track_id, self.policy.max_delivery_attempts)
+
+    async def _give_up(self, job: Job) -> None:
+        """Neither the channel nor the member could be reached, for a long time: a result is
+        refunded (moved to failed), and the job is closed so the sweep stops trying."""
+        log.error("job %s: giving up delivery after %d attempts", job.track_id,
+                  job.delivery_attempts)
+        if job.status is JobStatus.SUCCEEDED:
+            await self.store.mark_failed(
+                job.track_id, error="The result could not be posted in the channel or sent "
+                "to you directly. " + NOT_CHARGED, now=self.clock())
+        await self.store.mark_delivered(job.track_id, message_id=None, now=self.clock())
 
     # --- polling ------------------------------------------------------------------------
 

@@ -93,6 +93,7 @@ class Job:
     not_before: float | None
     downloaded: bool
     delivering_since: float | None
+    delivery_attempts: int
     result_message_id: int | None
     result_at: float | None
 
@@ -137,6 +138,7 @@ class Job:
             not_before=row["not_before"],
             downloaded=bool(row["downloaded"]),
             delivering_since=row["delivering_since"],
+            delivery_attempts=row["delivery_attempts"],
             result_message_id=row["result_message_id"],
             result_at=row["result_at"],
         )

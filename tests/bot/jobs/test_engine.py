@@ -14,6 +14,7 @@ from PIL import Image
 from yarl import URL
 
 from bot.jobs.models import JobStatus
+from bot.jobs.store import utc_day
 from tests.support.jobs import (
     FAST,
     RecordingDelivery,
@@ -369,3 +370,20 @@ async def test_waiting_members_hear_their_place_in_line(fake, running, delivery)
         # its place, first in line.
         await until(lambda: {(t, p) for t, s, p in delivery.progress_seen if s == "queued"}
                     >= {(jobs[0].track_id, 1), (jobs[1].track_id, 2), (jobs[2].track_id, 3)})
+
+
+async def test_a_result_that_can_never_be_posted_is_refunded_and_closed(fake, running,
+                                                                        delivery):
+    delivery.fail_times = 10_000  # Discord refuses everything, for good
+    fake.mode = "success"
+    policy = dataclasses.replace(FAST, max_delivery_attempts=3, give_up_after_attempts=6,
+                                 sweep_interval=0.1)
+    async with running(policy=policy) as r:
+        job = await r.engine.enqueue(new_job(fake.cdn_url, samples=2))
+        await delivered_in_store(r.store, job.track_id, within=10)
+        final = await r.store.get(job.track_id)
+        used = await r.store.images_used(1, 1, utc_day(job.created_at))
+    assert delivery.delivered == []
+    assert final.error and "could not be posted" in final.error
+    assert final.delivery_attempts == 6
+    assert used == 0  # refunded
