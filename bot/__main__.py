@@ -9,17 +9,16 @@ import sys
 
 from pydantic import ValidationError
 
+from bot.logs import FORMAT, JobContextFilter
 from bot.settings import Settings, describe_settings_error
 
 log = logging.getLogger("bot")
 
 
 def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)-8s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logging.basicConfig(level=level, format=FORMAT, stream=sys.stderr)
+    for handler in logging.getLogger().handlers:  # "[job abcd1234] " on a job's records
+        handler.addFilter(JobContextFilter())
     # discord.py's gateway chatter is noise at INFO; its warnings still show.
     logging.getLogger("discord.gateway").setLevel(max(logging.WARNING, logging.getLevelName(level)))
 

@@ -21,6 +21,7 @@ from PIL import Image
 from bot.components import delete_id, remix_id, reroll_id
 from bot.jobs.delivery import DeliveryFailed
 from bot.jobs.models import Job, JobStatus, Output
+from bot.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +129,7 @@ class DiscordDelivery:
     def __init__(self, client: discord.Client) -> None:
         self.client = client
         self._last_status: dict[str, tuple[float, str]] = {}
+        self.metrics: Metrics | None = None  # set by the services: counts where results went
 
     def _webhook(self, job: Job) -> discord.Webhook | None:
         r = job.requester
@@ -160,6 +162,7 @@ class DiscordDelivery:
             # (Editing is idempotent, so a repeat after a crash shows nothing twice.)
             try:
                 await webhook.edit_message("@original", content=text)  # type: ignore[arg-type]
+                self._count("followup")
                 return None
             except discord.HTTPException as exc:
                 log.info("job %s: status edit failed (%s); posting in the channel",
@@ -169,6 +172,7 @@ class DiscordDelivery:
                 message = await webhook.send(text, files=await self._files(job, outputs), wait=True,
                                              allowed_mentions=mentions, view=view)
                 await self._mark_done(webhook, job, message_link(job, message.id))
+                self._count("followup")
                 return message.id
             except discord.HTTPException as exc:
                 log.info("job %s: followup failed (%s); posting in the channel", job.track_id,
@@ -180,6 +184,7 @@ class DiscordDelivery:
             kwargs = {"view": view} if view else {}
             message = await channel.send(text, files=await self._files(job, outputs),
                                          allowed_mentions=mentions, **kwargs)
+            self._count("channel")
             return message.id
         except (discord.Forbidden, discord.NotFound) as exc:
             log.warning("job %s: cannot post in channel %s (%s); telling the member directly",
@@ -194,10 +199,15 @@ class DiscordDelivery:
         try:
             user = await self.client.fetch_user(job.requester.user_id)
             message = await user.send(text + note, files=await self._files(job, outputs))
+            self._count("direct")
             return message.id
         except discord.HTTPException as exc:
             raise DeliveryFailed(f"neither the channel nor a direct message worked "
                                  f"({exc.status})") from exc
+
+    def _count(self, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.delivery(outcome)
 
     async def find_delivered(self, job: Job) -> int | None:
         """After a crash mid-delivery: look for the message in the channel's recent history."""

@@ -127,6 +127,8 @@ class GenerationService:
 
     async def start(self, request: GenerationRequest, host: HostFiles) -> Job:
         """Check everything, host converted images, write the job and queue it."""
+        if not self.engine.accepting:  # shutting down: start nothing (jobs written resume)
+            raise UserFacingError("Remixer is restarting; try again in a minute.")
         r = request.requester
         server = await self.servers.get(r.guild_id)
         self.servers.check_channel(server, r.channel_id)
@@ -138,6 +140,7 @@ class GenerationService:
         quota = await self.servers.quota_rule(server, r.user_id)
         usage = await self.servers.usage(server, r.user_id)
         if quota.daily_limit is not None and usage.used + images > quota.daily_limit:
+            self.engine.metrics.quota_refused("daily_limit")
             raise quota_refusal(usage.used, quota.daily_limit, images, usage.resets_at)
 
         image = await self._fetch_checked(request.image, "image")
@@ -177,8 +180,10 @@ class GenerationService:
         try:
             return await self.engine.enqueue(new, quota=quota)
         except QuotaExceeded as exc:
+            self.engine.metrics.quota_refused("daily_limit")
             raise quota_refusal(exc.used, exc.limit, exc.asked, next_reset()) from None
         except TooManyJobs as exc:
+            self.engine.metrics.quota_refused("active_jobs")
             raise UserFacingError(
                 f"You already have {exc.active} jobs waiting or running, the most one member "
                 f"may have at once on this server. Try again when one is done.") from None

@@ -14,6 +14,7 @@ from bot.jobs.delivery import Delivery
 from bot.jobs.downloads import OutputDownloader
 from bot.jobs.engine import EnginePolicy, JobEngine
 from bot.jobs.store import JobStore
+from bot.metrics import Metrics
 from bot.modelslab.client import ModelsLabClient
 from bot.settings import Settings
 from bot.web import WebServer, create_app
@@ -25,6 +26,9 @@ class Services:
     def __init__(self, settings: Settings, delivery: Delivery) -> None:
         self.settings = settings
         self.delivery = delivery
+        self.metrics = Metrics()  # one registry for these services, served at /metrics
+        if hasattr(delivery, "metrics"):  # the Discord delivery counts where results went
+            delivery.metrics = self.metrics
         self.session: aiohttp.ClientSession | None = None
         self.store: JobStore | None = None
         self.client: ModelsLabClient | None = None
@@ -40,11 +44,11 @@ class Services:
         self.store = await JobStore.open(s.database_path)
         self.client = ModelsLabClient(
             self.session, base_url=s.modelslab_base_url, api_key=s.modelslab_api_key,
-            enterprise_key=s.modelslab_enterprise_api_key)
+            enterprise_key=s.modelslab_enterprise_api_key, metrics=self.metrics)
         self.engine = JobEngine(
             self.store, self.client, self.delivery, OutputDownloader(self.session),
             policy=EnginePolicy(max_concurrency=s.modelslab_max_concurrency),
-            public_base_url=s.public_base_url)
+            public_base_url=s.public_base_url, metrics=self.metrics)
         self.web = WebServer(create_app(self.engine), s.web_host, s.web_port)
         await self.web.start()
         await self.engine.start()
@@ -56,6 +60,9 @@ class Services:
         Every job is left in a state the next start resumes."""
         web, engine, store, session = self.web, self.engine, self.store, self.session
         self.web = self.engine = self.store = self.session = None  # stop once
+        if engine is not None:
+            engine.stop_accepting()  # new commands are refused from here on
+            log.info("stopping: no new jobs; finishing webhooks and job steps in progress")
         if web is not None:
             await web.stop()
         if engine is not None:
@@ -64,3 +71,5 @@ class Services:
             await store.close()
         if session is not None:
             await session.close()
+        if engine is not None:
+            log.info("stopped; unfinished jobs resume at the next start")

@@ -15,9 +15,12 @@ from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 from aiohttp import web
+from yarl import URL
 
 from bot.jobs.engine import WEBHOOK_ROUTE, JobEngine
 from bot.jobs.models import IN_FLIGHT, Job, JobStatus
+from bot.logs import job_context
+from bot.metrics import CONTENT_TYPE
 from bot.modelslab.responses import ApiStatus, MalformedResponse, parse_response
 
 log = logging.getLogger(__name__)
@@ -39,22 +42,29 @@ def _not_found() -> web.Response:
     return _json(404, {"error": "not found"})
 
 
-def _origin(url: str) -> tuple[str, str, int | None]:
-    parts = urlsplit(url)
+def _origin(url: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port); None when the URL can't be read, or when aiohttp (yarl), which
+    fetches it, reads it differently (it would be fetched from elsewhere, or not at all)."""
     try:
+        parts = urlsplit(url)
         port = parts.port
+        fetched = URL(url)
     except ValueError:
-        port = -1
+        return None
     scheme = parts.scheme.lower()
-    return scheme, (parts.hostname or "").lower(), port or (443 if scheme == "https" else 80)
+    origin = (scheme, (parts.hostname or "").lower(), port or (443 if scheme == "https" else 80))
+    if (fetched.scheme, (fetched.raw_host or "").lower(), fetched.port) != origin:
+        return None
+    return origin
 
 
 def outputs_allowed(job: Job, urls: Iterable[str], api_base_url: str) -> bool:
     """True when every URL is on a host this job's outputs may come from."""
-    expected = {_origin(u) for u in (*job.future_links, *job.outputs)}
-    expected.add(_origin(api_base_url))
+    expected = {_origin(u) for u in (*job.future_links, *job.outputs, api_base_url)}
     for url in urls:
         origin = _origin(url)
+        if origin is None:
+            return False
         if origin in expected:
             continue
         scheme, host, _ = origin
@@ -77,20 +87,42 @@ async def healthz(request: web.Request) -> web.Response:
     return _json(200 if database_ok else 503, body)
 
 
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus' text format; the job gauges are read from the store now (one query)."""
+    engine = request.app[ENGINE]
+    engine.metrics.observe_jobs(await engine.store.counts())
+    return web.Response(body=engine.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+
 async def modelslab_webhook(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     track_id = request.match_info["track_id"]
     secret = request.match_info["secret"]
-    if len(track_id) > 64 or len(secret) > 128:
-        return _not_found()
-    job = await engine.store.authenticate(track_id, secret)
+    job = None
+    if len(track_id) <= 64 and len(secret) <= 128:
+        job = await engine.store.authenticate(track_id, secret)
     if job is None:
         log.warning("webhook refused: no job matches the path")
+        engine.metrics.webhook("refused")
         return _not_found()
+    with job_context(track_id):
+        answer = await _job_webhook(request, engine, job)
+    if answer.status != 200:
+        engine.metrics.webhook("refused")
+    return answer
 
+
+async def _job_webhook(request: web.Request, engine: JobEngine, job: Job) -> web.Response:
+    """An authenticated webhook: checked, then handed to the engine (answered at once)."""
+    track_id = job.track_id
     if request.content_length is not None and request.content_length > MAX_WEBHOOK_BYTES:
         return _json(413, {"error": "body too large"})
-    raw = await request.content.read(MAX_WEBHOOK_BYTES + 1)
+    raw = b""  # read to the end: one read() returns only what has arrived so far
+    while len(raw) <= MAX_WEBHOOK_BYTES:
+        chunk = await request.content.read(MAX_WEBHOOK_BYTES + 1 - len(raw))
+        if not chunk:
+            break
+        raw += chunk
     if len(raw) > MAX_WEBHOOK_BYTES:
         return _json(413, {"error": "body too large"})
     try:
@@ -98,7 +130,11 @@ async def modelslab_webhook(request: web.Request) -> web.Response:
         if not isinstance(data, dict):
             raise MalformedResponse("not an object")
         response = parse_response(200, data)
-    except (ValueError, MalformedResponse):
+        # What is kept must fit SQLite: UTF-8 text (no lone surrogates), 64-bit integers.
+        json.dumps(data, ensure_ascii=False).encode()
+        if response.seed is not None and not -(2**63) <= response.seed < 2**63:
+            raise MalformedResponse("seed out of range")
+    except (ValueError, MalformedResponse, RecursionError, OverflowError):
         log.warning("job %s: malformed webhook body refused", track_id)
         return _json(400, {"error": "malformed body"})
     if response.track_id is not None and response.track_id != track_id:
@@ -111,14 +147,25 @@ async def modelslab_webhook(request: web.Request) -> web.Response:
         if not response.output:
             return _json(422, {"error": "success without outputs"})
         if not outputs_allowed(job, response.output, engine.client.base_url):
+            if (job.status is JobStatus.SUBMITTED and job.request_id is None
+                    and not job.future_links and response.request_id):
+                # The submit's answer was lost, so nothing vouches for these links: the job
+                # takes ModelsLab's id from this (authenticated) webhook and fetches its
+                # outputs from the API itself. The links in the body are not used.
+                log.info("job %s: webhook for a submit whose answer was lost", track_id)
+                engine.metrics.webhook("accepted")
+                engine.adopt_request_id(track_id, response.request_id)
+                return _json(202, {"ok": True})
             log.warning("job %s: webhook outputs on unexpected hosts; refused", track_id)
             return _json(422, {"error": "outputs on unexpected hosts"})
 
     if job.status in (JobStatus.SUBMITTED, JobStatus.PROCESSING):
         log.info("job %s: webhook %s received", track_id, response.status)
+        engine.metrics.webhook("accepted")
         engine.accept_result(track_id, response)
     else:
         log.info("job %s: repeated webhook (%s) ignored", track_id, job.status)
+        engine.metrics.webhook("duplicate")
     return _json(200, {"ok": True})
 
 
@@ -126,6 +173,7 @@ def create_app(engine: JobEngine) -> web.Application:
     app = web.Application(client_max_size=MAX_WEBHOOK_BYTES)
     app[ENGINE] = engine
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
     app.router.add_post(WEBHOOK_ROUTE, modelslab_webhook)
     return app
 

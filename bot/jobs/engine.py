@@ -18,8 +18,10 @@ from typing import Any
 
 from bot.jobs.delivery import Delivery
 from bot.jobs.downloads import DownloadError, OutputDownloader
-from bot.jobs.models import Job, JobStatus, NewJob, Output
+from bot.jobs.models import IN_FLIGHT, Job, JobStatus, NewJob, Output
 from bot.jobs.store import JobStore, QuotaRule
+from bot.logs import context_for, job_context
+from bot.metrics import Metrics
 from bot.modelslab.catalogue import endpoint as endpoint_named
 from bot.modelslab.client import (
     MissingKey,
@@ -69,8 +71,10 @@ class JobEngine:
         policy: EnginePolicy | None = None,
         public_base_url: str | None = None,
         clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
+        self.metrics = metrics or Metrics()
         self.client = client
         self.delivery = delivery
         self.downloader = downloader
@@ -97,6 +101,11 @@ class JobEngine:
         self._accepting = True
         self._loops = [asyncio.create_task(self._dispatch_loop(), name="jobs-dispatch"),
                        asyncio.create_task(self._poll_loop(), name="jobs-poll")]
+
+    def stop_accepting(self) -> None:
+        """New commands are refused and nothing more is sent to ModelsLab (shutting down);
+        webhooks and steps in progress still finish."""
+        self._accepting = False
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop taking work, let in-flight steps finish (up to ``grace``), leave the rest
@@ -140,6 +149,23 @@ class JobEngine:
     def accept_result(self, track_id: str, response: ApiResponse) -> None:
         """An authenticated webhook's answer: handled after the HTTP reply is sent."""
         self._spawn(self._on_result(track_id, response), f"webhook-{track_id}")
+
+    def adopt_request_id(self, track_id: str, request_id: str) -> None:
+        """An authenticated webhook names ModelsLab's id for a job whose submit answer was
+        lost. Its output links cannot be checked against anything the job was told, so they
+        are not used: the job becomes processing under that id and its outputs are taken
+        from the API's own fetch answer, at once."""
+        self._spawn(self._adopt(track_id, request_id), f"adopt-{track_id}")
+
+    async def _adopt(self, track_id: str, request_id: str) -> None:
+        now = self.clock()
+        moved = await self.store.mark_processing(
+            track_id, request_id=request_id, eta=None, fetch_url=None, future_links=(),
+            next_poll_at=now, now=now)
+        if moved is not None:
+            log.info("job %s: ModelsLab's id %s learnt from its webhook; fetching the result",
+                     track_id, request_id)
+            self._wake_poll.set()
 
     # --- dispatch -----------------------------------------------------------------------
 
@@ -198,7 +224,7 @@ class JobEngine:
                     track_id, not_before=self.clock()
                     + self.policy.not_sent_retry * job.submit_attempts)
         except Rejected as exc:
-            await self._fail(track_id, f"ModelsLab refused the job: {exc.message}. "
+            await self._fail(track_id, f"ModelsLab refused the job: {_shorten(exc.message)}. "
                              + NOT_CHARGED)
         except MissingKey as exc:
             await self._fail(track_id, str(exc)[:1].upper() + str(exc)[1:] + ".")
@@ -256,7 +282,8 @@ class JobEngine:
         elif response.status in (ApiStatus.FAILED, ApiStatus.ERROR):
             moved = await self.store.mark_failed(
                 track_id, error=f"ModelsLab could not make the image: "
-                f"{response.readable_error}. " + NOT_CHARGED, now=now)
+                f"{_shorten(response.readable_error)}. " + NOT_CHARGED, now=now,
+                only_from=IN_FLIGHT)
         else:
             return  # still processing: nothing to do
         if moved is not None:
@@ -322,6 +349,7 @@ class JobEngine:
             try:
                 message_id = await self.delivery.deliver(started, outputs)
             except Exception as exc:
+                self.metrics.delivery("failed")
                 await self.store.end_delivery_attempt(track_id)
                 log.warning("job %s: delivery attempt %d failed: %s", track_id, attempt, exc)
                 await asyncio.sleep(self.policy.delivery_retry * attempt)
@@ -451,23 +479,28 @@ class JobEngine:
     async def _queue_status(self) -> None:
         """Tell waiting members where they are in line (the delivery skips unchanged text)."""
         for job, position in await self.store.queued_with_positions():
-            try:
-                await self.delivery.progress(job, position)
-            except Exception:
-                log.exception("job %s: status update failed", job.track_id)
+            with job_context(job.track_id):
+                try:
+                    await self.delivery.progress(job, position)
+                except Exception:
+                    log.exception("job %s: status update failed", job.track_id)
 
     # --- helpers ------------------------------------------------------------------------
 
     async def _progress(self, job: Job) -> None:
-        try:
-            position = (await self.store.queue_position(job.track_id)
-                        if job.status is JobStatus.QUEUED else None)
-            await self.delivery.progress(job, position)
-        except Exception:
-            log.exception("job %s: status update failed", job.track_id)
+        with job_context(job.track_id):
+            try:
+                position = (await self.store.queue_position(job.track_id)
+                            if job.status is JobStatus.QUEUED else None)
+                await self.delivery.progress(job, position)
+            except Exception:
+                log.exception("job %s: status update failed", job.track_id)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
-        task = asyncio.create_task(coro, name=name)
+        """Every job step is named ``<step>-<track_id>``; its log records carry the job."""
+        track_id = name.partition("-")[2]
+        task = asyncio.create_task(coro, name=name,
+                                   context=context_for(track_id) if track_id else None)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
 
@@ -475,6 +508,12 @@ class JobEngine:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("%s failed", task.get_name(), exc_info=task.exception())
+
+
+def _shorten(text: str, limit: int = 800) -> str:
+    """ModelsLab's own words, kept short enough to show in a Discord message."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 async def _wait(event: asyncio.Event, seconds: float) -> None:

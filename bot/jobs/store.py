@@ -476,9 +476,13 @@ class JobStore:
             "next_poll_at = NULL",
             (json.dumps(list(outputs)), int(nsfw), seed, request_id, now, now))
 
-    async def mark_failed(self, track_id: str, *, error: str, now: float) -> Job | None:
-        """The job ended without images: its reservation is refunded in the same step."""
-        sources = sources_of(JobStatus.FAILED)
+    async def mark_failed(self, track_id: str, *, error: str, now: float,
+                          only_from: Sequence[JobStatus] | None = None) -> Job | None:
+        """The job ended without images: its reservation is refunded in the same step.
+
+        ``only_from`` narrows the states it may end from: ModelsLab's word that a job failed
+        must not overturn a success already taken (a racing webhook or poll)."""
+        sources = tuple(only_from) if only_from is not None else sources_of(JobStatus.FAILED)
         async with self._write() as db:
             rows = list(await db.execute_fetchall(
                 "UPDATE jobs SET status = 'failed', error = ?, result_at = COALESCE(result_at, "

@@ -21,10 +21,11 @@ anywhere else is ignored in favour of the endpoint family's documented fetch rou
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -32,6 +33,9 @@ from pydantic import SecretStr
 
 from bot.modelslab.catalogue import Endpoint, KeyKind
 from bot.modelslab.responses import ApiResponse, ApiStatus, MalformedResponse, parse_response
+
+if TYPE_CHECKING:
+    from bot.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +97,10 @@ class ModelsLabClient:
         enterprise_key: SecretStr | None = None,
         submit_timeout: aiohttp.ClientTimeout = SUBMIT_TIMEOUT,
         fetch_timeout: aiohttp.ClientTimeout = FETCH_TIMEOUT,
+        metrics: Metrics | None = None,
     ) -> None:
         self._session = session
+        self.metrics = metrics  # when given, every submit and fetch is timed, by outcome
         self._submit_timeout = submit_timeout
         self._fetch_timeout = fetch_timeout
         self._base_url = base_url.rstrip("/")
@@ -126,9 +132,11 @@ class ModelsLabClient:
         payload = {"key": self._key(endpoint), **body}
         if webhook is not None:
             payload["webhook"] = webhook
-        response = await self._post(self._base_url + endpoint.path, payload, self._submit_timeout)
-        if response.status in (ApiStatus.ERROR, ApiStatus.FAILED):
-            raise Rejected(response)
+        with self._timed("submit"):
+            response = await self._post(self._base_url + endpoint.path, payload,
+                                        self._submit_timeout)
+            if response.status in (ApiStatus.ERROR, ApiStatus.FAILED):
+                raise Rejected(response)
         return response
 
     async def fetch(
@@ -144,7 +152,28 @@ class ModelsLabClient:
                             urlsplit(fetch_url).hostname, request_id)
             path, extra = endpoint.fetch.build(request_id)
             url, body = self._base_url + path, {"key": key, **extra}
-        return await self._post(url, body, self._fetch_timeout)
+        with self._timed("fetch"):
+            return await self._post(url, body, self._fetch_timeout)
+
+    @contextlib.contextmanager
+    def _timed(self, kind: str) -> Iterator[None]:
+        started = time.monotonic()
+        outcome = "unknown"  # also a cancelled request: it may have arrived
+        try:
+            yield
+            outcome = "ok"
+        except NotSent:
+            outcome = "not_sent"
+            raise
+        except RateLimited:
+            outcome = "rate_limited"
+            raise
+        except Rejected:
+            outcome = "rejected"
+            raise
+        finally:
+            if self.metrics is not None:
+                self.metrics.observe_request(kind, outcome, time.monotonic() - started)
 
     async def _post(
         self, url: str, payload: Mapping[str, Any], limits: aiohttp.ClientTimeout

@@ -840,6 +840,7 @@ class FakeDiscord:
         self._by_id: dict[int, InteractionRecord] = {}
         self._by_token: dict[str, InteractionRecord] = {}
         self._failures: list[_Failure] = []
+        self._holds: list[tuple[str, re.Pattern[str], float]] = []
         self._offset = 0.0
         self._last_id = 0
         self._url_secret = secrets.token_bytes(16)
@@ -1158,6 +1159,16 @@ class FakeDiscord:
             _Failure(method.upper(), re.compile(path_regex), status, times, retry_after,
                      global_, body)
         )
+
+    def clear_failures(self) -> None:
+        """Forget failures and holds not yet used: Discord is healthy again."""
+        self._failures.clear()
+        self._holds.clear()
+
+    def hold_next(self, method: str, path_regex: str, seconds: float) -> None:
+        """The next matching request takes effect (a message is posted), but its answer is
+        held back ``seconds``: time for a test to kill the bot mid-request."""
+        self._holds.append((method.upper(), re.compile(path_regex), seconds))
 
     def expire(self, ix: InteractionRecord) -> None:
         """The interaction token stops working: webhook calls get 401 50027."""
@@ -1664,6 +1675,11 @@ class FakeDiscord:
             result = handler(req)
             if asyncio.iscoroutine(result):
                 result = await result
+            for hold in self._holds:
+                if hold[0] in ("*", req.method) and hold[1].search(req.path):
+                    self._holds.remove(hold)
+                    await asyncio.sleep(hold[2])
+                    break
             return result
         if method_mismatch:
             raise DiscordError(405, 0, "405: Method Not Allowed")

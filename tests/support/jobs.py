@@ -116,8 +116,10 @@ class RunningEngine:
 
     def __init__(self, *, db_path: Path, client: ModelsLabClient, delivery,
                  session: aiohttp.ClientSession, port: int, webhooks: bool = True,
-                 policy: EnginePolicy = FAST, downloads: DownloadPolicy = FAST_DOWNLOADS):
+                 policy: EnginePolicy = FAST, downloads: DownloadPolicy = FAST_DOWNLOADS,
+                 metrics=None):
         self.db_path, self.client, self.delivery, self.session = db_path, client, delivery, session
+        self.metrics = metrics
         self.port, self.webhooks, self.policy, self.downloads = port, webhooks, policy, downloads
         self.base_url = f"http://127.0.0.1:{port}"
 
@@ -126,7 +128,8 @@ class RunningEngine:
         self.engine = JobEngine(self.store, self.client, self.delivery,
                                 OutputDownloader(self.session, self.downloads),
                                 policy=self.policy,
-                                public_base_url=self.base_url if self.webhooks else None)
+                                public_base_url=self.base_url if self.webhooks else None,
+                                metrics=self.metrics)
         self.web = WebServer(create_app(self.engine), "127.0.0.1", self.port)
         await self.web.start()
         await self.engine.start()
