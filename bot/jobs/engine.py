@@ -44,7 +44,8 @@ NOT_CHARGED = "Your images were not charged."
 class EnginePolicy:
     max_concurrency: int = 5
     webhook_grace: float = 15.0  # webhook mode: first poll this long after the eta
-    first_poll: float = 2.0  # polling mode: never sooner than this after the submit
+    first_poll: float = 1.0  # polling mode: at the eta, but never sooner than this
+    poll_interval: float = 0.5  # after the first poll: this, growing by poll_backoff
     poll_backoff: float = 1.5
     max_poll_interval: float = 60.0
     max_poll_attempts: int = 60
@@ -397,8 +398,9 @@ class JobEngine:
             await _wait(self._wake_poll, wait)
 
     def _backoff(self, attempts: int) -> float:
+        # A job past its eta is about done: poll again soon, then less and less often.
         return min(self.policy.max_poll_interval,
-                   self.policy.first_poll * self.policy.poll_backoff ** attempts)
+                   self.policy.poll_interval * self.policy.poll_backoff ** attempts)
 
     async def _poll(self, job: Job) -> None:
         track_id = job.track_id
