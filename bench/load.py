@@ -1,0 +1,132 @@
+"""Load benchmark: many members issuing commands at once against the real bot, in webhook
+mode and in polling mode, over the local fake Discord and fake ModelsLab.
+
+    .venv/bin/python -m bench.load [--members 100] [--generation 2.5] [--slots 5]
+
+The bot runs as its own process (`python -m bot`), exactly as in the end-to-end tests. Each
+member sends one /img2img at the same moment; the fake ModelsLab takes --generation seconds
+per job and answers 429 beyond --slots queued jobs, like an account's queue limit. It prints:
+acknowledgement latency, the bot's overhead from "result available at the API" to "message
+posted", webhook throughput (bench.webhooks), API slot utilisation against the ideal set by
+MODELSLAB_MAX_CONCURRENCY, the bot's peak memory, and lost and duplicated results. It asserts
+nothing: timings on a shared machine are not test material.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from bench.webhooks import _async, peak_rss_mib, percentile, settle
+from bench.webhooks import run as webhook_capacity
+from tests.e2e.conftest import GUILD, start_world
+
+FIRST_MEMBER = 200_000
+
+
+def figures(values: list[float]) -> str:
+    if not values:
+        return "n/a"
+    return (f"p50 {statistics.median(values):7.1f} ms   p99 {percentile(values, 99):7.1f} ms   "
+            f"max {max(values):7.1f} ms")
+
+
+async def one_mode(mode: str, members: int, generation: float, slots: int) -> dict:
+    settings = {"MODELSLAB_MAX_CONCURRENCY": str(slots), "DAILY_IMAGE_QUOTA": "1000",
+                "LOG_LEVEL": "WARNING"}
+    if mode == "polling":
+        settings["PUBLIC_BASE_URL"] = ""  # unset: every job is polled
+    world, stop = await start_world(Path(tempfile.mkdtemp(prefix=f"remixer-load-{mode}-")),
+                                    **settings)
+    try:
+        fake_ml, fake_dc = world.modelslab, world.discord
+        fake_ml.auto_complete_after = generation
+        fake_ml.eta = generation
+        fake_ml.queue_limit = slots
+        channel = world.channel()
+        users = [FIRST_MEMBER + n for n in range(members)]
+        for user in users:
+            fake_dc.add_member(GUILD, user, f"member{user}")
+        image = world.image(size=(1024, 1024))
+        wall_minus_mono = time.time() - time.monotonic()
+
+        started = time.monotonic()
+        interactions = await asyncio.gather(*(
+            fake_dc.slash(user, channel, "img2img", {"image": image, "prompt": f"job {user}"})
+            for user in users))
+        await asyncio.gather(*(ix.response(timeout=30) for ix in interactions))
+        acks = [ix.response_latency * 1000 for ix in interactions]
+
+        def posted() -> dict[str, list]:
+            found: dict[str, list] = {}
+            for call in fake_dc.rest_log:
+                if call.method != "POST" or call.status != 200 or not isinstance(call.json, dict):
+                    continue
+                content = call.json.get("content") or ""
+                if "your image is ready" in content:
+                    prompt = content.split("\n> ", 1)[1].split("\n", 1)[0]
+                    found.setdefault(prompt, []).append(call)
+            return found
+
+        await settle(_async(lambda: len(posted())), lambda n: n >= members,
+                     within=60 + members * generation / slots * 3)
+        await asyncio.sleep(1.0)  # room for duplicates to show
+        results = posted()
+        jobs = {job.body["prompt"]: job for job in fake_ml.jobs.values()}
+        overheads = []
+        for prompt, calls in results.items():
+            job = jobs.get(prompt)
+            if job is not None and job.finished is not None:
+                available = job.finished + wall_minus_mono
+                overheads.append((calls[0].time - available) * 1000)
+        finished = [j.finished for j in fake_ml.jobs.values() if j.finished is not None]
+        first_submit = min(j.created for j in fake_ml.jobs.values())
+        makespan = max(finished) - first_submit
+        busy = sum(j.finished - j.created for j in fake_ml.jobs.values() if j.finished)
+        return {
+            "mode": mode,
+            "acks": acks,
+            "overheads": overheads,
+            "utilisation": busy / (slots * makespan) if makespan > 0 else float("nan"),
+            "ideal_makespan": -(-members // slots) * generation,
+            "makespan": makespan,
+            "wall": time.monotonic() - started,
+            "rate_limited": sum(1 for r in fake_ml.requests
+                                if r.response and r.response.status == 429),
+            "rss": peak_rss_mib(world.bot.proc.pid),
+            "lost": members - len(results),
+            "duplicated": sum(len(calls) - 1 for calls in results.values()),
+            "submits": len(fake_ml.submits),
+        }
+    finally:
+        await stop()
+
+
+async def main(members: int, generation: float, slots: int) -> None:
+    print(f"{members} members send /img2img at once; ModelsLab takes {generation} s a job and "
+          f"allows {slots} queued; MODELSLAB_MAX_CONCURRENCY={slots}")
+    for mode in ("webhook", "polling"):
+        r = await one_mode(mode, members, generation, slots)
+        print(f"\n== {mode} mode ==")
+        print(f"acknowledgement latency:    {figures(r['acks'])}")
+        print(f"result -> message posted:   {figures(r['overheads'])}")
+        print(f"API slot utilisation:       {r['utilisation'] * 100:5.1f} % of the ideal "
+              f"({r['makespan']:.1f} s for the work, {r['ideal_makespan']:.1f} s ideal)")
+        print(f"429s from ModelsLab:        {r['rate_limited']}   submits: {r['submits']}")
+        print(f"bot peak memory (RSS):      {r['rss']:.1f} MiB")
+        print(f"lost: {r['lost']}, duplicated: {r['duplicated']}")
+    print("\n== webhook throughput (python -m bench.webhooks) ==")
+    await webhook_capacity(500, 32, 1)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--members", type=int, default=100)
+    parser.add_argument("--generation", type=float, default=2.5)
+    parser.add_argument("--slots", type=int, default=5)
+    args = parser.parse_args()
+    asyncio.run(main(args.members, args.generation, args.slots))
