@@ -25,9 +25,9 @@ import aiohttp
 
 from bot.jobs.models import JobStatus
 from bot.jobs.store import JobStore
-from tests.bot.jobs.test_crash import EngineProcess
 from tests.fakes import FakeModelsLab
 from tests.support.jobs import FileDelivery, new_job
+from tests.support.processes import EngineProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 IN_FLIGHT = 100  # the largest MODELSLAB_MAX_CONCURRENCY the settings allow

@@ -8,6 +8,7 @@ from pydantic import SecretStr
 
 from bot.modelslab.client import ModelsLabClient
 from tests.fakes import FakeModelsLab
+from tests.support.jobs import RecordingDelivery, RunningEngine, make_client
 
 
 @pytest.fixture
@@ -32,3 +33,20 @@ def client(fake: FakeModelsLab, http: aiohttp.ClientSession) -> ModelsLabClient:
         submit_timeout=aiohttp.ClientTimeout(total=3, sock_connect=2),
         fetch_timeout=aiohttp.ClientTimeout(total=3, sock_connect=2),
     )
+
+
+@pytest.fixture
+def delivery() -> RecordingDelivery:
+    return RecordingDelivery()
+
+
+@pytest.fixture
+def running(tmp_path, fake, http, delivery, unused_tcp_port):
+    """A factory for the job services (real store, web server on loopback) against the fake;
+    keyword arguments reach RunningEngine (webhooks, policy, delivery...)."""
+    def make(**kw) -> RunningEngine:
+        client = make_client(http, fake.base_url, fake.api_key, fake.enterprise_key)
+        return RunningEngine(db_path=tmp_path / "bot.sqlite3", client=client,
+                             delivery=kw.pop("delivery", delivery), session=http,
+                             port=unused_tcp_port, **kw)
+    return make

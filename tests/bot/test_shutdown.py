@@ -8,7 +8,6 @@ left where a restart picks it up; after the restart every job is delivered exact
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import time
 
@@ -22,8 +21,9 @@ from bot.modelslab.catalogue import Operation
 from bot.modelslab.payload import GenerationOptions
 from bot.servers import Servers
 from bot.settings import Settings
-from tests.bot.jobs.test_crash import ROOT, EngineProcess, eventually
+from tests.bot.jobs.test_crash import eventually
 from tests.support.jobs import FileDelivery, RecordingDelivery, RunningEngine, make_client, new_job
+from tests.support.processes import EngineProcess, engine_settings
 
 JOBS = 8
 
@@ -31,15 +31,8 @@ JOBS = 8
 @pytest.fixture
 def setup(tmp_path, fake, unused_tcp_port):
     url = f"http://127.0.0.1:{unused_tcp_port}"
-    env = {**os.environ,
-           "DISCORD_TOKEN": "not-used-here", "MODELSLAB_API_KEY": fake.api_key,
-           "MODELSLAB_ENTERPRISE_API_KEY": fake.enterprise_key,
-           "MODELSLAB_BASE_URL": fake.base_url, "PUBLIC_BASE_URL": url,
-           "WEB_HOST": "127.0.0.1", "WEB_PORT": str(unused_tcp_port),
-           "MODELSLAB_MAX_CONCURRENCY": "2", "LOG_LEVEL": "INFO",
-           "DATABASE_PATH": str(tmp_path / "bot.sqlite3"),
-           "DELIVERIES_FILE": str(tmp_path / "deliveries.jsonl"),
-           "PYTHONPATH": str(ROOT)}
+    env = engine_settings(fake, tmp_path, unused_tcp_port, MODELSLAB_MAX_CONCURRENCY="2",
+                          LOG_LEVEL="INFO")
     process = EngineProcess(env, tmp_path / "engine.log")
     yield process, url, tmp_path
     process.terminate()

@@ -3,59 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
-import aiohttp
 import pytest
 
 from bot.jobs.models import JobStatus
 from bot.jobs.store import JobStore
 from tests.support.jobs import FileDelivery, new_job
+from tests.support.processes import EngineProcess, engine_settings
 
-ROOT = Path(__file__).resolve().parents[3]
 pytestmark = pytest.mark.asyncio
-
-
-class EngineProcess:
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.env, self.log = env, log
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.support.engine_process"], cwd=ROOT, env=self.env,
-            stdout=self.log.open("a"), stderr=subprocess.STDOUT)
-
-    async def ready(self, url: str) -> None:
-        deadline = time.monotonic() + 20
-        async with aiohttp.ClientSession() as http:
-            while True:
-                assert self.proc.poll() is None, self.log.read_text()
-                try:
-                    async with http.get(url + "/healthz") as resp:
-                        if resp.status == 200:
-                            return
-                except aiohttp.ClientError:
-                    pass
-                assert time.monotonic() < deadline, self.log.read_text()
-                await asyncio.sleep(0.1)
-
-    def kill(self) -> None:
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-
-    def terminate(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
 
 
 async def eventually(predicate, within: float = 20.0) -> None:
@@ -69,14 +26,7 @@ async def eventually(predicate, within: float = 20.0) -> None:
 @pytest.fixture
 def setup(tmp_path, fake, unused_tcp_port):
     url = f"http://127.0.0.1:{unused_tcp_port}"
-    env = {**os.environ,
-           "DISCORD_TOKEN": "not-used-here", "MODELSLAB_API_KEY": fake.api_key,
-           "MODELSLAB_ENTERPRISE_API_KEY": fake.enterprise_key,
-           "MODELSLAB_BASE_URL": fake.base_url, "PUBLIC_BASE_URL": url,
-           "WEB_HOST": "127.0.0.1", "WEB_PORT": str(unused_tcp_port),
-           "DATABASE_PATH": str(tmp_path / "bot.sqlite3"),
-           "DELIVERIES_FILE": str(tmp_path / "deliveries.jsonl"),
-           "PYTHONPATH": str(ROOT)}
+    env = engine_settings(fake, tmp_path, unused_tcp_port)
     process = EngineProcess(env, tmp_path / "engine.log")
     yield process, url, tmp_path
     process.terminate()

@@ -13,23 +13,9 @@ import pytest
 from bot.jobs.models import JobStatus
 from bot.jobs.store import utc_day
 from tests.bot.jobs.test_engine import delivered_in_store, until
-from tests.support.jobs import RecordingDelivery, RunningEngine, make_client, new_job
+from tests.support.jobs import new_job
 
 pytestmark = pytest.mark.asyncio
-
-
-@pytest.fixture
-def delivery() -> RecordingDelivery:
-    return RecordingDelivery()
-
-
-@pytest.fixture
-def running(tmp_path, fake, http, delivery, unused_tcp_port):
-    def make(**kw) -> RunningEngine:
-        client = make_client(http, fake.base_url, fake.api_key, fake.enterprise_key)
-        return RunningEngine(db_path=tmp_path / "bot.sqlite3", client=client, delivery=delivery,
-                             session=http, port=unused_tcp_port, **kw)
-    return make
 
 
 def submits(fake) -> list:
