@@ -38,6 +38,7 @@ from bot.modelslab.catalogue import (
     Operation,
 )
 from bot.modelslab.payload import GenerationOptions, SourceImage, build_payload
+from bot.net import read_capped
 from bot.servers import Servers, next_reset
 from bot.settings import Settings
 
@@ -138,7 +139,7 @@ class GenerationService:
         # A quick look at the quota before any download; the binding check is made when the
         # job is written, in the same transaction.
         quota = await self.servers.quota_rule(server, r.user_id)
-        usage = await self.servers.usage(server, r.user_id)
+        usage = await self.servers.usage(server, r.user_id, rule=quota)
         if quota.daily_limit is not None and usage.used + images > quota.daily_limit:
             self.engine.metrics.quota_refused("daily_limit")
             raise quota_refusal(usage.used, quota.daily_limit, images, usage.resets_at)
@@ -196,7 +197,7 @@ class GenerationService:
                 if resp.status != 200:
                     raise UserFacingError(f"The {label} could not be downloaded from Discord "
                                           f"(HTTP {resp.status}); try attaching it again.")
-                data = await resp.content.read(MAX_UPLOAD_BYTES + 1)
+                data = await read_capped(resp.content, MAX_UPLOAD_BYTES)
         except (aiohttp.ClientError, TimeoutError):
             raise UserFacingError(f"The {label} could not be downloaded from Discord; "
                                   f"try again in a moment.") from None

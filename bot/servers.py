@@ -118,10 +118,10 @@ class Servers:
         limit = override if has_override else server.daily_limit
         return QuotaRule(daily_limit=limit, max_active=server.max_active_jobs)
 
-    async def usage(self, server: ServerSettings, user_id: int,
-                    now: float | None = None) -> Usage:
+    async def usage(self, server: ServerSettings, user_id: int, now: float | None = None,
+                    rule: QuotaRule | None = None) -> Usage:
         now = time.time() if now is None else now
-        rule = await self.quota_rule(server, user_id)
+        rule = rule or await self.quota_rule(server, user_id)
         used = await self.store.images_used(user_id, server.guild_id, utc_day(now))
         return Usage(used=used, limit=rule.daily_limit, resets_at=next_reset(now))
 

@@ -12,16 +12,15 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable
-from urllib.parse import urlsplit
 
 from aiohttp import web
-from yarl import URL
 
 from bot.jobs.engine import WEBHOOK_ROUTE, JobEngine
 from bot.jobs.models import IN_FLIGHT, Job, JobStatus
 from bot.logs import job_context
 from bot.metrics import CONTENT_TYPE
 from bot.modelslab.responses import ApiStatus, MalformedResponse, parse_response
+from bot.net import origin, read_capped
 
 log = logging.getLogger(__name__)
 
@@ -42,32 +41,16 @@ def _not_found() -> web.Response:
     return _json(404, {"error": "not found"})
 
 
-def _origin(url: str) -> tuple[str, str, int] | None:
-    """(scheme, host, port); None when the URL can't be read, or when aiohttp (yarl), which
-    fetches it, reads it differently (it would be fetched from elsewhere, or not at all)."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-        fetched = URL(url)
-    except ValueError:
-        return None
-    scheme = parts.scheme.lower()
-    origin = (scheme, (parts.hostname or "").lower(), port or (443 if scheme == "https" else 80))
-    if (fetched.scheme, (fetched.raw_host or "").lower(), fetched.port) != origin:
-        return None
-    return origin
-
-
 def outputs_allowed(job: Job, urls: Iterable[str], api_base_url: str) -> bool:
     """True when every URL is on a host this job's outputs may come from."""
-    expected = {_origin(u) for u in (*job.future_links, *job.outputs, api_base_url)}
+    expected = {origin(u) for u in (*job.future_links, *job.outputs, api_base_url)}
     for url in urls:
-        origin = _origin(url)
-        if origin is None:
+        where = origin(url)
+        if where is None:
             return False
-        if origin in expected:
+        if where in expected:
             continue
-        scheme, host, _ = origin
+        scheme, host, _ = where
         if scheme == "https" and any(host == s or host.endswith("." + s)
                                      for s in OUTPUT_HOST_SUFFIXES):
             continue
@@ -117,12 +100,7 @@ async def _job_webhook(request: web.Request, engine: JobEngine, job: Job) -> web
     track_id = job.track_id
     if request.content_length is not None and request.content_length > MAX_WEBHOOK_BYTES:
         return _json(413, {"error": "body too large"})
-    raw = b""  # read to the end: one read() returns only what has arrived so far
-    while len(raw) <= MAX_WEBHOOK_BYTES:
-        chunk = await request.content.read(MAX_WEBHOOK_BYTES + 1 - len(raw))
-        if not chunk:
-            break
-        raw += chunk
+    raw = await read_capped(request.content, MAX_WEBHOOK_BYTES)
     if len(raw) > MAX_WEBHOOK_BYTES:
         return _json(413, {"error": "body too large"})
     try:

@@ -16,6 +16,7 @@ import aiohttp
 from PIL import Image
 
 from bot.jobs.models import Output
+from bot.net import read_capped
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ class OutputDownloader:
                 if (resp.content_length or 0) > self.policy.max_bytes:
                     raise DownloadError(f"image {index + 1} is larger than "
                                         f"{self.policy.max_bytes // 2**20} MiB")
-                data = await resp.content.read(self.policy.max_bytes + 1)
+                data = await read_capped(resp.content, self.policy.max_bytes)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise _RetryLater(type(exc).__name__) from None
         if len(data) > self.policy.max_bytes:

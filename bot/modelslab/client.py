@@ -33,6 +33,7 @@ from pydantic import SecretStr
 
 from bot.modelslab.catalogue import Endpoint, KeyKind
 from bot.modelslab.responses import ApiResponse, ApiStatus, MalformedResponse, parse_response
+from bot.net import origin, read_capped
 
 if TYPE_CHECKING:
     from bot.metrics import Metrics
@@ -104,11 +105,10 @@ class ModelsLabClient:
         self._submit_timeout = submit_timeout
         self._fetch_timeout = fetch_timeout
         self._base_url = base_url.rstrip("/")
-        self._origin = _origin(self._base_url)
+        self._origin = origin(self._base_url)
         self._keys: dict[KeyKind, SecretStr] = {KeyKind.STANDARD: api_key}
         if enterprise_key is not None:
             self._keys[KeyKind.ENTERPRISE] = enterprise_key
-        self.last_latency: float | None = None
 
     @property
     def base_url(self) -> str:
@@ -144,7 +144,7 @@ class ModelsLabClient:
     ) -> ApiResponse:
         """Ask where a queued request stands. Returns processing, success, error or failed."""
         key = self._key(endpoint)
-        if fetch_url and _origin(fetch_url) == self._origin:
+        if fetch_url and self._origin is not None and origin(fetch_url) == self._origin:
             url, body = fetch_url, {"key": key}
         else:
             if fetch_url:
@@ -182,7 +182,7 @@ class ModelsLabClient:
         started = time.monotonic()
         try:
             async with self._session.post(url, json=payload, timeout=limits) as resp:
-                raw = await resp.content.read(MAX_ANSWER_BYTES + 1)
+                raw = await read_capped(resp.content, MAX_ANSWER_BYTES)
                 status = resp.status
                 retry_header = resp.headers.get("Retry-After")
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
@@ -209,17 +209,6 @@ class ModelsLabClient:
         if status >= 500 and response.status is not ApiStatus.ERROR:
             raise OutcomeUnknown(f"ModelsLab answered HTTP {status} for {path}")
         return response
-
-
-def _origin(url: str) -> tuple[str, str, int]:
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    default_port = 443 if scheme == "https" else 80
-    try:
-        port = parts.port or default_port
-    except ValueError:
-        port = -1
-    return scheme, (parts.hostname or "").lower(), port
 
 
 def _number(value: str | None) -> float | None:

@@ -257,3 +257,11 @@ async def test_success_at_once(fake, client):
     async with aiohttp.ClientSession() as cdn, cdn.get(answer.output[0]) as resp:
         assert resp.status == 200 and resp.content_type == "image/png"
     assert fake.cdn_key_leaks() == []
+
+
+async def test_a_fetch_result_url_that_could_be_read_two_ways_gets_no_key(fake, client):
+    submitted = await client.submit(ENDPOINTS["v6"], body_for(fake, "v6"))
+    tricky = (f"{fake.base_url}\\@evil.example/api/v6/images/fetch/{submitted.request_id}")
+    answer = await client.fetch(ENDPOINTS["v6"], submitted.request_id, fetch_url=tricky)
+    assert answer.status is ApiStatus.PROCESSING
+    assert fake.fetches[-1].path == f"/api/v6/images/fetch/{submitted.request_id}"
