@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
@@ -10,8 +9,9 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from bot.modelslab.catalogue import MODEL_ID_MAX_LENGTH, MODEL_ID_PATTERN
+
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
-MODEL_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,99}$")
 _SECRET_FIELDS = {"discord_token", "modelslab_api_key", "modelslab_enterprise_api_key"}
 
 
@@ -71,7 +71,7 @@ class Settings(BaseSettings):
     @field_validator("default_model_id")
     @classmethod
     def _check_model(cls, value: str) -> str:
-        if not MODEL_ID_PATTERN.match(value):
+        if not MODEL_ID_PATTERN.match(value) or len(value) > MODEL_ID_MAX_LENGTH:
             raise ValueError("must be a ModelsLab model id such as pony_realism")
         return value
 

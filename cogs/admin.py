@@ -15,9 +15,8 @@ from discord.ext import commands
 from bot.delivery import message_link, short_id
 from bot.errors import UserFacingError
 from bot.jobs.models import Job, JobStatus
-from bot.modelslab.catalogue import ENDPOINTS, IMG2IMG_ENDPOINTS, KeyKind
+from bot.modelslab.catalogue import IMG2IMG_ENDPOINTS, MODEL_ID_PATTERN, Operation
 from bot.servers import NSFW_POLICIES, Servers, ServerSettings, Usage
-from bot.settings import MODEL_ID_PATTERN
 
 if TYPE_CHECKING:
     from bot.app import RemixerBot
@@ -232,13 +231,9 @@ class Admin(commands.Cog):
     async def config_default_endpoint(self, interaction: discord.Interaction,
                                       endpoint: app_commands.Choice[str]) -> None:
         require_manage(interaction)
-        chosen = ENDPOINTS.get(endpoint.value)
-        if chosen is None or endpoint.value not in IMG2IMG_ENDPOINTS:
-            raise UserFacingError(f"{endpoint.value} is not an endpoint; choose one of "
-                                  f"{', '.join(IMG2IMG_ENDPOINTS)}.")
-        if chosen.key is KeyKind.ENTERPRISE and not self.bot.settings.enterprise_enabled:
-            raise UserFacingError(f"The {chosen.title} endpoint needs an enterprise ModelsLab "
-                                  f"key, and this bot has none (MODELSLAB_ENTERPRISE_API_KEY).")
+        assert self.bot.generation is not None
+        # The same check a member's command meets: an img2img endpoint this bot has a key for.
+        chosen = self.bot.generation.resolve_endpoint(Operation.IMG2IMG, endpoint.value)
         await self.servers.update(interaction.guild_id, interaction.user.id,
                                   default_endpoint=chosen.name)
         await self._done(interaction, f"The default endpoint is now **{chosen.name}**.")

@@ -237,8 +237,6 @@ class JobStore:
                 raise
             await self._db.execute("COMMIT")
 
-    transaction = _write  # for services (quotas) that must change their rows with a job's
-
     async def _fetchall(self, sql: str,
                         params: Sequence[Any] | Mapping[str, Any] = ()) -> list[aiosqlite.Row]:
         """One statement, run whole in one trip to the database thread, under the same lock

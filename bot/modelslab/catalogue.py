@@ -8,6 +8,7 @@ to correct them.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -117,10 +118,6 @@ class Endpoint:
         return option in self.rules
 
     @property
-    def size_rule(self) -> FieldRule:
-        return self.rules["width"]
-
-    @property
     def schedulers(self) -> tuple[str, ...]:
         rule = self.rules.get("scheduler")
         return tuple(rule.allowed or ()) if rule else ()
@@ -189,6 +186,8 @@ SAFETY_CHECKER_TYPES: tuple[str, ...] = ("sensitive_content_text", "blur", "pixe
 DEFAULT_SCHEDULER = "DPMSolverMultistepScheduler"
 PROMPT_MAX_LENGTH = 2000  # inferred: far beyond what the text encoder reads; Discord allows 6000
 MODEL_ID_MAX_LENGTH = 100  # inferred
+# What a ModelsLab model id looks like (inferred from the documented ids: pony_realism, ...).
+MODEL_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]*$")
 SEED_MAX = 2**32 - 1  # inferred: the samplers take 32-bit seeds
 
 

@@ -9,16 +9,13 @@ with the job without a secret in it.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
 from bot.errors import OptionError
-from bot.modelslab.catalogue import Endpoint, FieldRule, ValueKind
-
-_MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]*$")
+from bot.modelslab.catalogue import MODEL_ID_PATTERN, Endpoint, FieldRule, ValueKind
 
 
 class GenerationOptions(BaseModel):
@@ -164,7 +161,7 @@ def _check(rule: FieldRule, value: Any, endpoint: Endpoint, problems: list[str])
             refuse(f"the {rule.label} is {len(text)} characters long; "
                    f"it can be at most {rule.max_length}")
             return None
-        if rule.option == "model" and not _MODEL_ID.match(text):
+        if rule.option == "model" and not MODEL_ID_PATTERN.match(text):
             refuse(f"{text!r} is not a model id (letters, digits, '.', '_' and '-' only)")
             return None
         return text

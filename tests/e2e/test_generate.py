@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import time
 
 import pytest
@@ -274,4 +273,3 @@ async def test_commands_are_registered_with_their_fixed_names(world):
     assert img2img["model"].get("autocomplete") and img2img["scheduler"].get("autocomplete")
     inpaint = [o["name"] for o in commands["inpaint"]["options"]]
     assert inpaint[:3] == ["image", "mask", "prompt"] and "endpoint" not in inpaint
-    assert json.dumps(commands)  # plain data

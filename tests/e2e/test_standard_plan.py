@@ -42,3 +42,13 @@ async def test_v6_still_works(standard):
 async def test_dev_guild_gets_the_commands_at_start_up(standard):
     names = {c["name"] for c in standard.discord.guild_commands(GUILD)}
     assert {"img2img", "inpaint", "quota", "Remix image"} <= names
+
+
+async def test_an_enterprise_default_endpoint_is_refused_too(standard):
+    channel = standard.channel()
+    ix = await standard.discord.slash(ALICE, channel, "config default_endpoint",
+                                      {"endpoint": "realtime"})
+    answer = await ix.response()
+    assert ix.ephemeral and "needs an enterprise ModelsLab key" in answer["data"]["content"]
+    shown = await standard.discord.slash(ALICE, channel, "config show", {})
+    assert "Default endpoint: **v6**" in (await shown.response())["data"]["content"]
