@@ -1,4 +1,4 @@
-"""The bot's web server: ``GET /healthz`` and ModelsLab's webhooks.
+"""ModelsLab's webhooks.
 
 The webhook route is on the public internet and ModelsLab signs nothing. So each job's
 webhook URL carries a per-job secret (stored hashed), checked before the body is even read;
@@ -15,16 +15,15 @@ from collections.abc import Iterable
 
 from aiohttp import web
 
-from bot.jobs.engine import WEBHOOK_ROUTE, JobEngine
-from bot.jobs.models import IN_FLIGHT, Job, JobStatus
+from bot.jobs.engine import JobEngine
+from bot.jobs.models import Job, JobStatus
 from bot.logs import job_context
-from bot.metrics import CONTENT_TYPE
 from bot.modelslab.responses import ApiStatus, MalformedResponse, parse_response
 from bot.net import origin, read_capped
+from bot.web.keys import ENGINE
 
 log = logging.getLogger(__name__)
 
-ENGINE = web.AppKey("engine", JobEngine)
 MAX_WEBHOOK_BYTES = 64 * 1024
 # ModelsLab's output hosts (its CDN buckets and its own domains), by domain suffix, https only.
 OUTPUT_HOST_SUFFIXES: tuple[str, ...] = (
@@ -33,12 +32,12 @@ OUTPUT_HOST_SUFFIXES: tuple[str, ...] = (
 )
 
 
-def _json(status: int, body: dict[str, object]) -> web.Response:
+def json_response(status: int, body: dict[str, object]) -> web.Response:
     return web.Response(status=status, text=json.dumps(body), content_type="application/json")
 
 
 def _not_found() -> web.Response:
-    return _json(404, {"error": "not found"})
+    return json_response(404, {"error": "not found"})
 
 
 def outputs_allowed(job: Job, urls: Iterable[str], api_base_url: str) -> bool:
@@ -56,25 +55,6 @@ def outputs_allowed(job: Job, urls: Iterable[str], api_base_url: str) -> bool:
             continue
         return False
     return True
-
-
-async def healthz(request: web.Request) -> web.Response:
-    engine = request.app[ENGINE]
-    database_ok = await engine.store.ping()
-    body: dict[str, object] = {"status": "ok" if database_ok else "degraded",
-                               "database": "ok" if database_ok else "unreachable"}
-    if database_ok:
-        counts = await engine.store.counts()
-        body["queue_depth"] = counts[JobStatus.QUEUED]
-        body["in_flight"] = sum(counts[s] for s in IN_FLIGHT)
-    return _json(200 if database_ok else 503, body)
-
-
-async def metrics(request: web.Request) -> web.Response:
-    """Prometheus' text format; the job gauges are read from the store now (one query)."""
-    engine = request.app[ENGINE]
-    engine.metrics.observe_jobs(await engine.store.counts())
-    return web.Response(body=engine.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
 
 async def modelslab_webhook(request: web.Request) -> web.Response:
@@ -99,10 +79,10 @@ async def _job_webhook(request: web.Request, engine: JobEngine, job: Job) -> web
     """An authenticated webhook: checked, then handed to the engine (answered at once)."""
     track_id = job.track_id
     if request.content_length is not None and request.content_length > MAX_WEBHOOK_BYTES:
-        return _json(413, {"error": "body too large"})
+        return json_response(413, {"error": "body too large"})
     raw = await read_capped(request.content, MAX_WEBHOOK_BYTES)
     if len(raw) > MAX_WEBHOOK_BYTES:
-        return _json(413, {"error": "body too large"})
+        return json_response(413, {"error": "body too large"})
     try:
         data = json.loads(raw)
         if not isinstance(data, dict):
@@ -114,16 +94,16 @@ async def _job_webhook(request: web.Request, engine: JobEngine, job: Job) -> web
             raise MalformedResponse("seed out of range")
     except (ValueError, MalformedResponse, RecursionError, OverflowError):
         log.warning("job %s: malformed webhook body refused", track_id)
-        return _json(400, {"error": "malformed body"})
+        return json_response(400, {"error": "malformed body"})
     if response.track_id is not None and response.track_id != track_id:
         log.warning("job %s: webhook names another track_id; refused", track_id)
-        return _json(400, {"error": "track_id does not match"})
+        return json_response(400, {"error": "track_id does not match"})
     if response.request_id and job.request_id and response.request_id != job.request_id:
         log.warning("job %s: webhook names another request id; refused", track_id)
-        return _json(400, {"error": "id does not match"})
+        return json_response(400, {"error": "id does not match"})
     if response.status is ApiStatus.SUCCESS:
         if not response.output:
-            return _json(422, {"error": "success without outputs"})
+            return json_response(422, {"error": "success without outputs"})
         if not outputs_allowed(job, response.output, engine.client.base_url):
             if (job.status is JobStatus.SUBMITTED and job.request_id is None
                     and not job.future_links and response.request_id):
@@ -133,9 +113,9 @@ async def _job_webhook(request: web.Request, engine: JobEngine, job: Job) -> web
                 log.info("job %s: webhook for a submit whose answer was lost", track_id)
                 engine.metrics.webhook("accepted")
                 engine.adopt_request_id(track_id, response.request_id)
-                return _json(202, {"ok": True})
+                return json_response(202, {"ok": True})
             log.warning("job %s: webhook outputs on unexpected hosts; refused", track_id)
-            return _json(422, {"error": "outputs on unexpected hosts"})
+            return json_response(422, {"error": "outputs on unexpected hosts"})
 
     if job.status in (JobStatus.SUBMITTED, JobStatus.PROCESSING):
         log.info("job %s: webhook %s received", track_id, response.status)
@@ -144,35 +124,4 @@ async def _job_webhook(request: web.Request, engine: JobEngine, job: Job) -> web
     else:
         log.info("job %s: repeated webhook (%s) ignored", track_id, job.status)
         engine.metrics.webhook("duplicate")
-    return _json(200, {"ok": True})
-
-
-def create_app(engine: JobEngine) -> web.Application:
-    app = web.Application(client_max_size=MAX_WEBHOOK_BYTES)
-    app[ENGINE] = engine
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/metrics", metrics)
-    app.router.add_post(WEBHOOK_ROUTE, modelslab_webhook)
-    return app
-
-
-class WebServer:
-    """The app on an ``AppRunner``/``TCPSite``, inside the bot's own event loop."""
-
-    def __init__(self, app: web.Application, host: str, port: int) -> None:
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                                     shutdown_timeout=5)
-        self._host, self._port = host, port
-        self.port: int | None = None
-
-    async def start(self) -> None:
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._port)
-        await site.start()
-        server = site._server  # the bound port, when 0 asked for any free one
-        sockets = getattr(server, "sockets", None) or []
-        self.port = sockets[0].getsockname()[1] if sockets else self._port
-        log.info("web server listening on %s:%s", self._host, self.port)
-
-    async def stop(self) -> None:
-        await self._runner.cleanup()
+    return json_response(200, {"ok": True})
