@@ -127,7 +127,17 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (guild_id, user_id)
     );
     """,
+    # 3: a submit whose outcome is unknown waits for its webhook without holding an API slot;
+    # the active jobs are counted from a small index of their own, never from the history.
+    """
+    ALTER TABLE jobs ADD COLUMN awaiting_webhook INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX jobs_active ON jobs(status, awaiting_webhook) WHERE status != 'delivered';
+    """,
 )
+# Migrations after which the file is rewritten once (VACUUM cannot run in a transaction):
+# 3 turns on incremental auto-vacuum for a database created before it was the default.
+VACUUM_AFTER: frozenset[int] = frozenset({3})
+JOURNAL_SIZE_LIMIT = 16 * 1024 * 1024  # bytes of WAL kept after a checkpoint
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +189,7 @@ class JobStore:
         self._db = db
         self.path = path
         self._lock = asyncio.Lock()
+        self._delivered = 0  # delivered jobs: counted once at open, then as they happen
 
     @classmethod
     async def open(cls, path: str | Path) -> JobStore:
@@ -186,7 +197,10 @@ class JobStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         db = await aiosqlite.connect(path, isolation_level=None)
         db.row_factory = aiosqlite.Row
+        # Before any table exists (a new file): freed pages can be given back to the disk.
+        await db.execute("PRAGMA auto_vacuum=INCREMENTAL")
         await db.execute("PRAGMA journal_mode=WAL")
+        await db.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
         await db.execute("PRAGMA synchronous=NORMAL")
         await db.execute("PRAGMA foreign_keys=ON")
         await db.execute("PRAGMA busy_timeout=5000")
@@ -199,6 +213,7 @@ class JobStore:
 
     async def _migrate(self) -> None:
         (version,) = await self._fetchone("PRAGMA user_version")
+        vacuum = False
         for number, script in enumerate(MIGRATIONS, start=1):
             if number <= version:
                 continue
@@ -208,6 +223,13 @@ class JobStore:
                 for statement in statements:
                     await self._db.execute(statement)
                 await self._db.execute(f"PRAGMA user_version={number}")
+            vacuum = vacuum or (version > 0 and number in VACUUM_AFTER)
+        if vacuum:  # an older file: rewritten once, so that auto-vacuum takes effect
+            log.info("compacting the database once (this may take a moment)")
+            async with self._lock:
+                await self._db.execute("VACUUM")
+        self._delivered = (await self._fetchone(
+            "SELECT COUNT(*) FROM jobs WHERE status = 'delivered'"))[0]
 
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -289,13 +311,29 @@ class JobStore:
         return row[0]
 
     async def counts(self) -> dict[JobStatus, int]:
-        """Jobs by status, in one consistent read."""
-        rows = await self._fetchall("SELECT status, COUNT(*) FROM jobs GROUP BY status")
+        """Jobs by status. The active ones are read from the ``jobs_active`` index alone (no
+        scan of the history); delivered jobs are counted once at open and then as they are
+        delivered."""
+        rows = await self._fetchall(
+            "SELECT status, COUNT(*) FROM jobs WHERE status != 'delivered' GROUP BY status")
         found = {JobStatus(status): n for status, n in rows}
+        found[JobStatus.DELIVERED] = self._delivered
         return {status: found.get(status, 0) for status in JobStatus}
 
     async def in_flight(self) -> int:
-        return await self.count(*IN_FLIGHT)
+        """Jobs holding an API slot: submitted or processing, except a submit whose outcome
+        is unknown (it waits for its webhook without occupying ModelsLab)."""
+        row = await self._fetchone(
+            "SELECT COUNT(*) FROM jobs WHERE status != 'delivered' AND status IN (?, ?) "
+            "AND awaiting_webhook = 0", IN_FLIGHT)
+        return row[0]
+
+    async def awaiting_webhook(self) -> int:
+        """Submits whose outcome is unknown, waiting for their webhook (no slot held)."""
+        row = await self._fetchone(
+            "SELECT COUNT(*) FROM jobs WHERE status != 'delivered' AND status = 'submitted' "
+            "AND awaiting_webhook = 1")
+        return row[0]
 
     async def queue_depth(self) -> int:
         return await self.count(JobStatus.QUEUED)
@@ -407,6 +445,7 @@ class JobStore:
             """
             UPDATE jobs SET status = 'submitted', submitted_at = :now,
                 submit_attempts = submit_attempts + 1, webhook_secret_hash = :hash,
+                awaiting_webhook = 0,
                 not_before = NULL, next_poll_at = NULL,
                 dispatch_seq = (SELECT COALESCE(MAX(dispatch_seq), 0) + 1 FROM jobs)
             WHERE status = 'queued' AND track_id = (
@@ -456,14 +495,16 @@ class JobStore:
         return await self._transition(
             track_id, JobStatus.PROCESSING,
             "request_id = ?, eta = ?, fetch_url = ?, future_links = ?, next_poll_at = ?, "
-            "processing_at = ?",
+            "processing_at = ?, awaiting_webhook = 0",
             (request_id, eta, fetch_url, json.dumps(list(future_links)), next_poll_at, now))
 
     async def wait_for_webhook(self, track_id: str, *, until: float) -> bool:
-        """A submit whose outcome is unknown: keep its slot, give up at ``until``."""
+        """A submit whose outcome is unknown: it is never sent again (that could charge
+        twice), its webhook is still accepted, and it gives up at ``until``; meanwhile it
+        holds no API slot (see ``in_flight``)."""
         return await self._change(
-            "UPDATE jobs SET next_poll_at = ? WHERE track_id = ? AND status = 'submitted' "
-            "RETURNING *", (until, track_id)) is not None
+            "UPDATE jobs SET next_poll_at = ?, awaiting_webhook = 1 WHERE track_id = ? "
+            "AND status = 'submitted' RETURNING *", (until, track_id)) is not None
 
     async def mark_succeeded(self, track_id: str, *, outputs: Sequence[str], nsfw: bool,
                              seed: int | None, request_id: str | None, now: float) -> Job | None:
@@ -531,16 +572,35 @@ class JobStore:
     async def mark_delivered(self, track_id: str, *, message_id: int | None,
                              now: float) -> Job | None:
         """Final. The images it kept are dropped by the next ``purge_delivered_outputs``."""
-        return await self._change(
+        job = await self._change(
             "UPDATE jobs SET status = 'delivered', delivered_at = ?, result_message_id = ?, "
-            "interaction_token = NULL WHERE track_id = ? AND status IN ('succeeded', 'failed') "
-            "RETURNING *", (now, message_id, track_id))
+            "interaction_token = NULL, awaiting_webhook = 0 WHERE track_id = ? AND status IN "
+            "('succeeded', 'failed') RETURNING *", (now, message_id, track_id))
+        if job is not None:
+            self._delivered += 1
+        return job
 
     async def purge_delivered_outputs(self) -> None:
-        """Drop the images of delivered jobs: Discord holds them now."""
-        await self._fetchall(
+        """Drop the images of delivered jobs (Discord holds them now), and give the freed
+        pages back to the disk, so a backlog of stored images leaves no larger file behind."""
+        rows = await self._fetchall(
             "DELETE FROM job_outputs WHERE track_id IN "
-            "(SELECT track_id FROM jobs WHERE status = 'delivered')")
+            "(SELECT track_id FROM jobs WHERE status = 'delivered') RETURNING 1")
+        if rows:
+            await self.compact()
+
+    async def compact(self) -> None:
+        """Free pages back to the file system (incremental auto-vacuum), then a checkpoint
+        that truncates the WAL. Both are skipped quietly while another process reads."""
+        async with self._lock:
+            try:
+                # executescript runs the pragma to the end (one step frees only one page).
+                await self._db.executescript("PRAGMA incremental_vacuum;")
+                await self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise
+                log.info("database compaction postponed: %s", exc)
 
     async def images_used(self, user_id: int, guild_id: int | None, day: str) -> int:
         """Images counted against a member on a UTC day: reservations less refunds."""
