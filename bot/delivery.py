@@ -93,10 +93,13 @@ def result_view(job: Job, count: int) -> discord.ui.View:
     return view
 
 
-def status_text(job: Job, position: int | None) -> str:
+def status_text(job: Job, position: int | None, paused_until: float | None = None) -> str:
     if job.status is JobStatus.QUEUED:
         where = f"#{position} in line" if position else "in line"
-        return f"Queued: {where}. I'll post the result in this channel. ({job_marker(job)})"
+        pause = (f" ModelsLab asked us to pause; sending resumes <t:{int(paused_until) + 1}:R>."
+                 if paused_until else "")
+        return (f"Queued: {where}.{pause} I'll post the result in this channel. "
+                f"({job_marker(job)})")
     if job.status in (JobStatus.SUBMITTED, JobStatus.PROCESSING):
         eta = f" about {round(job.eta)} s" if job.eta else ""
         return (f"Generating at ModelsLab{',' if eta else ''}{eta}. "
@@ -223,11 +226,12 @@ class DiscordDelivery:
             log.warning("job %s: could not read channel history (%s)", job.track_id, exc.status)
         return None
 
-    async def progress(self, job: Job, position: int | None) -> None:
+    async def progress(self, job: Job, position: int | None, *,
+                       paused_until: float | None = None) -> None:
         webhook = self._webhook(job)
         if webhook is None:
             return
-        text = status_text(job, position)
+        text = status_text(job, position, paused_until)
         last = self._last_status.get(job.track_id)
         now = time.monotonic()
         if last and (last[1] == text or now - last[0] < STATUS_EDIT_INTERVAL):

@@ -27,5 +27,7 @@ class Delivery(Protocol):
     async def find_delivered(self, job: Job) -> int | None:
         """After a crash during ``deliver``: the id of the message already posted, if any."""
 
-    async def progress(self, job: Job, position: int | None) -> None:
-        """The job moved (queued at ``position``, submitted, processing): update its status."""
+    async def progress(self, job: Job, position: int | None, *,
+                       paused_until: float | None = None) -> None:
+        """The job moved (queued at ``position``, submitted, processing): update its status.
+        ``paused_until``: ModelsLab asked us to pause, and sending resumes then (epoch s)."""

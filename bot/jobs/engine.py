@@ -51,6 +51,11 @@ class EnginePolicy:
     max_poll_attempts: int = 60
     fetch_error_attempts: int = 3  # a fetch answering "error" this often ends the job
     unknown_outcome_wait: float = 900.0  # a submit that may have arrived: wait for its webhook
+    # After a submit whose outcome is unknown, sending waits this long (doubling while they
+    # keep coming, up to the maximum), so a brownout does not send the whole queue into limbo.
+    unknown_outcome_pause: float = 1.0
+    max_unknown_outcome_pause: float = 60.0
+    max_pause: float = 300.0  # a 429's Retry-After is obeyed up to this many seconds
     not_sent_retry: float = 3.0
     max_submit_attempts: int = 5
     delivery_retry: float = 2.0
@@ -84,7 +89,9 @@ class JobEngine:
         self.clock = clock
         self._wake_dispatch = asyncio.Event()
         self._wake_poll = asyncio.Event()
-        self._paused_until = 0.0
+        self._paused_until = 0.0  # ModelsLab asked us to pause (429): nothing is sent
+        self._held_until = 0.0  # submits of unknown outcome: sending waits a little
+        self._unknown_streak = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loops: list[asyncio.Task[Any]] = []
         self._finishing: set[str] = set()
@@ -184,7 +191,7 @@ class JobEngine:
     async def _dispatch_ready(self) -> None:
         while self._accepting:
             now = self.clock()
-            if now < self._paused_until:
+            if now < max(self._paused_until, self._held_until):
                 return
             if await self.store.in_flight() >= self.policy.max_concurrency:
                 return
@@ -196,8 +203,9 @@ class JobEngine:
 
     async def _dispatch_wait(self) -> float:
         now = self.clock()
-        if now < self._paused_until:
-            return max(0.01, self._paused_until - now)
+        resume = max(self._paused_until, self._held_until)
+        if now < resume:
+            return max(0.01, resume - now)
         next_ready = await self.store.next_queued_time()
         if next_ready is not None and next_ready > now:
             return max(0.01, min(self.policy.tick, next_ready - now))
@@ -210,11 +218,14 @@ class JobEngine:
         try:
             response = await self.client.submit(endpoint, job.payload, webhook=webhook)
         except RateLimited as exc:
-            until = self.clock() + exc.retry_after
+            pause = self._pause_for(exc)
+            until = self.clock() + pause
             self._paused_until = max(self._paused_until, until)
-            log.warning("job %s: ModelsLab rate limit; back in the queue for %.0fs",
-                        track_id, exc.retry_after)
+            log.warning("job %s: ModelsLab rate limit; back in the queue, sending paused for "
+                        "%.0fs", track_id, pause)
             await self.store.requeue(track_id, not_before=until)
+            self._last_status = 0.0  # queued members hear about the pause now
+            self._wake_poll.set()
         except NotSent as exc:
             if job.submit_attempts >= self.policy.max_submit_attempts:
                 await self._fail(track_id, f"ModelsLab could not be reached ({exc}). "
@@ -230,9 +241,16 @@ class JobEngine:
         except MissingKey as exc:
             await self._fail(track_id, str(exc)[:1].upper() + str(exc)[1:] + ".")
         except OutcomeUnknown as exc:
-            # Submitting again could charge twice; only the webhook can still tell us.
+            # Submitting again could charge twice; only the webhook can still tell us. The
+            # job waits for it without holding a slot, and sending slows down a little while
+            # ModelsLab keeps answering like this.
+            self._unknown_streak += 1
+            hold = min(self.policy.max_unknown_outcome_pause,
+                       self.policy.unknown_outcome_pause * 2 ** (self._unknown_streak - 1))
+            self._held_until = max(self._held_until, self.clock() + hold)
             if webhook is not None:
-                log.warning("job %s: %s; waiting for its webhook", track_id, exc)
+                log.warning("job %s: %s; waiting for its webhook without holding a slot",
+                            track_id, exc)
                 await self.store.wait_for_webhook(
                     track_id, until=self.clock() + self.policy.unknown_outcome_wait)
             else:
@@ -243,9 +261,19 @@ class JobEngine:
             await self._fail(track_id, "Something went wrong while sending the job. "
                              + NOT_CHARGED)
         else:
+            self._unknown_streak = 0
             await self._on_submitted(job, response, webhook is not None)
         finally:
             self._wake_dispatch.set()
+
+    def _pause_for(self, exc: RateLimited) -> float:
+        """ModelsLab's Retry-After, within reason: a day-long answer pauses at most
+        ``max_pause``."""
+        return max(0.0, min(exc.retry_after, self.policy.max_pause))
+
+    def paused_until(self) -> float | None:
+        """When sending resumes, while ModelsLab asked us to pause (a 429); else None."""
+        return self._paused_until if self._paused_until > self.clock() else None
 
     async def _on_submitted(self, job: Job, response: ApiResponse, webhook: bool) -> None:
         if response.status is ApiStatus.SUCCESS and response.output:
@@ -417,7 +445,7 @@ class JobEngine:
                 response = await self.client.fetch(endpoint, job.request_id,
                                                    fetch_url=job.fetch_url)
             except RateLimited as exc:
-                await self.store.schedule_poll(track_id, at=self.clock() + exc.retry_after)
+                await self.store.schedule_poll(track_id, at=self.clock() + self._pause_for(exc))
                 return
             except TransientError as exc:
                 log.info("job %s: fetch failed (%s); polling again later", track_id, exc)
@@ -483,7 +511,7 @@ class JobEngine:
         for job, position in await self.store.queued_with_positions():
             with job_context(job.track_id):
                 try:
-                    await self.delivery.progress(job, position)
+                    await self._tell_progress(job, position)
                 except Exception:
                     log.exception("job %s: status update failed", job.track_id)
 
@@ -494,9 +522,17 @@ class JobEngine:
             try:
                 position = (await self.store.queue_position(job.track_id)
                             if job.status is JobStatus.QUEUED else None)
-                await self.delivery.progress(job, position)
+                await self._tell_progress(job, position)
             except Exception:
                 log.exception("job %s: status update failed", job.track_id)
+
+    async def _tell_progress(self, job: Job, position: int | None) -> None:
+        """A queued member also hears when ModelsLab asked us to pause, and until when."""
+        paused = self.paused_until() if job.status is JobStatus.QUEUED else None
+        if paused is None:
+            await self.delivery.progress(job, position)
+        else:
+            await self.delivery.progress(job, position, paused_until=paused)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
         """Every job step is named ``<step>-<track_id>``; its log records carry the job."""
