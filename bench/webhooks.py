@@ -103,7 +103,7 @@ async def run(jobs: int, concurrency: int, samples: int) -> None:
         env = {**os.environ, "DISCORD_TOKEN": "unused", "MODELSLAB_API_KEY": fake.api_key,
                "MODELSLAB_ENTERPRISE_API_KEY": fake.enterprise_key,
                "MODELSLAB_BASE_URL": fake.base_url, "PUBLIC_BASE_URL": url,
-               "WEB_HOST": "127.0.0.1", "WEB_PORT": str(port),
+               "WEB_HOST": "127.0.0.1", "WEB_PORT": str(port), "METRICS_PORT": str(free_port()),
                "DATABASE_PATH": str(tmp / "bot.sqlite3"),
                "DELIVERIES_FILE": str(tmp / "deliveries.jsonl"),
                "MODELSLAB_MAX_CONCURRENCY": "100", "LOG_LEVEL": "WARNING",

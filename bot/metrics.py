@@ -1,11 +1,15 @@
-"""Prometheus metrics, scraped at ``GET /metrics`` on the bot's web server.
+"""Prometheus metrics, scraped at ``GET /metrics`` on the bot's metrics listener
+(``METRICS_HOST``/``METRICS_PORT``; never on the public web port).
 
 One ``CollectorRegistry`` per set of services, never prometheus-client's process-wide
 default, so several engines (tests) can live in one process. The job gauges are read from
-the store when Prometheus scrapes (one query), so they are right after a restart too; the
-rest are counted where things happen:
+the store when Prometheus scrapes (one indexed query over the active jobs), so they are right
+after a restart too; the rest are counted where things happen:
 
 - ``remixer_jobs{state}``, ``remixer_queue_depth``, ``remixer_jobs_in_flight``
+- ``remixer_jobs_awaiting_webhook``: submits of unknown outcome, waiting (no slot held)
+- ``remixer_modelslab_paused``: 1 while ModelsLab asked us to pause sending (a 429)
+- ``remixer_web_rate_limited_total{listener}``: requests answered 429 by the rate limit
 - ``remixer_modelslab_request_seconds{kind,outcome}``: submit/fetch latency, by outcome
 - ``remixer_webhooks_total{result}``: accepted, refused, duplicate
 - ``remixer_quota_refusals_total{reason}``: daily_limit, active_jobs
@@ -32,6 +36,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 REQUEST_KINDS = ("submit", "fetch")
 REQUEST_OUTCOMES = ("ok", "rate_limited", "rejected", "unknown", "not_sent")
 WEBHOOK_RESULTS = ("accepted", "refused", "duplicate")
+LISTENERS = ("public", "metrics")
 QUOTA_REASONS = ("daily_limit", "active_jobs")
 DELIVERY_OUTCOMES = ("followup", "channel", "direct", "failed")
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 90.0)
@@ -46,6 +51,14 @@ class Metrics:
                                  registry=r)
         self.jobs_in_flight = Gauge("remixer_jobs_in_flight",
                                     "Jobs at ModelsLab (submitted or processing).", registry=r)
+        self.awaiting_webhook = Gauge(
+            "remixer_jobs_awaiting_webhook", "Submits whose outcome is unknown, waiting for "
+            "their webhook without holding an API slot.", registry=r)
+        self.paused = Gauge("remixer_modelslab_paused",
+                            "1 while ModelsLab asked us to pause sending (HTTP 429).", registry=r)
+        self.web_rate_limited = Counter(
+            "remixer_web_rate_limited", "Web requests answered 429 by the rate limit, by "
+            "listener.", ["listener"], registry=r)
         self.requests = Histogram(
             "remixer_modelslab_request_seconds", "ModelsLab API request latency, by kind "
             "(submit/fetch) and outcome.", ["kind", "outcome"], buckets=LATENCY_BUCKETS,
@@ -66,7 +79,8 @@ class Metrics:
                 self.requests.labels(kind, outcome)
         for counter, labels in ((self.webhooks, WEBHOOK_RESULTS),
                                 (self.quota_refusals, QUOTA_REASONS),
-                                (self.deliveries, DELIVERY_OUTCOMES)):
+                                (self.deliveries, DELIVERY_OUTCOMES),
+                                (self.web_rate_limited, LISTENERS)):
             for label in labels:
                 counter.labels(label)
 
@@ -81,6 +95,9 @@ class Metrics:
 
     def delivery(self, outcome: str) -> None:
         self.deliveries.labels(outcome).inc()
+
+    def web_refused(self, listener: str) -> None:
+        self.web_rate_limited.labels(listener).inc()
 
     def observe_jobs(self, counts: Mapping[JobStatus, int]) -> None:
         """Set the job gauges from the store's ``counts()``."""

@@ -17,7 +17,7 @@ from bot.jobs.store import JobStore
 from bot.metrics import Metrics
 from bot.modelslab.client import ModelsLabClient
 from bot.settings import Settings
-from bot.web import WebServer, create_app
+from bot.web import WebServer, create_app, create_metrics_app
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,7 @@ class Services:
         self.client: ModelsLabClient | None = None
         self.engine: JobEngine | None = None
         self.web: WebServer | None = None
+        self.metrics_web: WebServer | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -47,24 +48,43 @@ class Services:
             enterprise_key=s.modelslab_enterprise_api_key, metrics=self.metrics)
         self.engine = JobEngine(
             self.store, self.client, self.delivery, OutputDownloader(self.session),
-            policy=EnginePolicy(max_concurrency=s.modelslab_max_concurrency),
+            policy=EnginePolicy(max_concurrency=s.modelslab_max_concurrency,
+                                max_pause=s.modelslab_max_pause),
             public_base_url=s.public_base_url, metrics=self.metrics)
         self.web = WebServer(create_app(self.engine), s.web_host, s.web_port)
         await self.web.start()
+        await self._start_metrics()
         await self.engine.start()
         log.info("jobs: %s", "webhooks at " + s.public_base_url if s.public_base_url
                  else "no PUBLIC_BASE_URL, polling every job")
+
+    async def _start_metrics(self) -> None:
+        """/metrics on its own listener. The bot runs without it if the port is taken."""
+        s = self.settings
+        assert self.engine is not None
+        server = WebServer(create_metrics_app(self.engine), s.metrics_host, s.metrics_port,
+                           name="metrics server")
+        try:
+            await server.start()
+        except OSError as exc:
+            log.error("metrics server cannot listen on %s:%s (%s); /metrics is not served",
+                      s.metrics_host, s.metrics_port, exc.strerror or exc)
+            return
+        self.metrics_web = server
 
     async def stop(self) -> None:
         """Webhooks first (handlers in progress finish), then the engine, then the rest.
         Every job is left in a state the next start resumes."""
         web, engine, store, session = self.web, self.engine, self.store, self.session
         self.web = self.engine = self.store = self.session = None  # stop once
+        metrics_web, self.metrics_web = self.metrics_web, None
         if engine is not None:
             engine.stop_accepting()  # new commands are refused from here on
             log.info("stopping: no new jobs; finishing webhooks and job steps in progress")
         if web is not None:
             await web.stop()
+        if metrics_web is not None:
+            await metrics_web.stop()
         if engine is not None:
             await engine.stop()
         if store is not None:

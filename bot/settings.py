@@ -42,6 +42,11 @@ class Settings(BaseSettings):
     public_base_url: str | None = None
     web_host: str = "0.0.0.0"
     web_port: Annotated[int, Field(ge=1, le=65535)] = 8080
+    # /metrics has a listener of its own, never the public web port.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: Annotated[int, Field(ge=1, le=65535)] = 9108
+    # A 429's Retry-After pauses sending to ModelsLab at most this many seconds.
+    modelslab_max_pause: Annotated[float, Field(ge=1, le=3600)] = 300.0
     database_path: Path = Path("data/bot.sqlite3")
     dev_guild_id: Annotated[int, Field(gt=0)] | None = None
     default_model_id: str = "pony_realism"

@@ -19,6 +19,7 @@ from bot.modelslab.catalogue import Operation
 from bot.modelslab.payload import GenerationOptions
 from bot.servers import Servers
 from bot.settings import Settings
+from bot.web import WebServer, create_metrics_app
 from tests.fakes import png_bytes
 from tests.support.jobs import FAST, RecordingDelivery, RunningEngine, make_client, new_job
 
@@ -42,10 +43,16 @@ async def until(predicate, within: float = 10.0) -> None:
 
 
 async def scrape(http, r: RunningEngine) -> dict[tuple[str, tuple], float]:
-    async with http.get(r.base_url + "/metrics") as resp:
-        assert resp.status == 200
-        assert resp.headers["Content-Type"] == CONTENT_TYPE
-        text = await resp.text()
+    """/metrics from its own listener, as the bot serves it."""
+    server = WebServer(create_metrics_app(r.engine), "127.0.0.1", 0, name="metrics server")
+    await server.start()
+    try:
+        async with http.get(f"http://127.0.0.1:{server.port}/metrics") as resp:
+            assert resp.status == 200
+            assert resp.headers["Content-Type"] == CONTENT_TYPE
+            text = await resp.text()
+    finally:
+        await server.stop()
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}
 
@@ -182,3 +189,12 @@ def test_a_webhook_url_in_a_message_is_logged_without_its_secret(caplog):
     assert "s3cr3t" not in caplog.text and "0ther-secret" not in caplog.text
     assert "/webhooks/modelslab/trk-123/***" in caplog.text
     assert all(r.track_id == "trk-123" for r in caplog.records)
+
+
+async def test_the_public_port_serves_no_metrics(fake, http, running):
+    async with running(RecordingDelivery()) as r:
+        async with http.get(r.base_url + "/metrics") as resp:
+            assert resp.status == 404
+        samples = await scrape(http, r)
+    assert value(samples, "remixer_jobs_awaiting_webhook") == 0
+    assert value(samples, "remixer_web_rate_limited_total", listener="public") == 0

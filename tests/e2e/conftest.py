@@ -47,6 +47,8 @@ def bot_settings(discord_fake: FakeDiscord, modelslab: FakeModelsLab, tmp_path, 
         "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
         "WEB_HOST": "127.0.0.1",
         "WEB_PORT": str(port),
+        "METRICS_HOST": "127.0.0.1",
+        "METRICS_PORT": str(free_port()),
         "DATABASE_PATH": str(tmp_path / "bot.sqlite3"),
         "LOG_LEVEL": "INFO",
     }

@@ -20,10 +20,12 @@ from bot.modelslab.catalogue import ENDPOINTS
 from bot.modelslab.client import ModelsLabClient
 from bot.modelslab.payload import GenerationOptions, SourceImage, build_payload
 from bot.web import WebServer, create_app
+from bot.web.health import RateLimit
 
 FAST = EnginePolicy(max_concurrency=5, webhook_grace=0.5, first_poll=0.05, poll_backoff=1.5,
                     max_poll_interval=0.3, unknown_outcome_wait=1.0, not_sent_retry=0.1,
                     delivery_retry=0.05, sweep_interval=0.5, tick=0.05)
+UNLIMITED = RateLimit(per_client=1e9, per_client_burst=1e9, overall=1e9, overall_burst=1e9)
 FAST_DOWNLOADS = DownloadPolicy(not_found_window=1.5, first_retry_delay=0.05,
                                 max_retry_delay=0.2, timeout=5)
 
@@ -41,6 +43,7 @@ class RecordingDelivery:
 
     delivered: list[Delivered] = field(default_factory=list)
     progress_seen: list[tuple[str, str, int | None]] = field(default_factory=list)
+    pauses_seen: list[tuple[str, float]] = field(default_factory=list)
     fail_times: int = 0
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -58,8 +61,11 @@ class RecordingDelivery:
                 return 1000 + n
         return None
 
-    async def progress(self, job: Job, position: int | None) -> None:
+    async def progress(self, job: Job, position: int | None, *,
+                       paused_until: float | None = None) -> None:
         self.progress_seen.append((job.track_id, job.status, position))
+        if paused_until is not None:
+            self.pauses_seen.append((job.track_id, paused_until))
 
     def for_job(self, track_id: str) -> list[Delivered]:
         return [d for d in self.delivered if d.job.track_id == track_id]
@@ -94,7 +100,8 @@ class FileDelivery:
                 return n
         return None
 
-    async def progress(self, job: Job, position: int | None) -> None:
+    async def progress(self, job: Job, position: int | None, *,
+                       paused_until: float | None = None) -> None:
         return None
 
     def lines(self) -> list[dict]:
@@ -130,7 +137,8 @@ class RunningEngine:
                                 policy=self.policy,
                                 public_base_url=self.base_url if self.webhooks else None,
                                 metrics=self.metrics)
-        self.web = WebServer(create_app(self.engine), "127.0.0.1", self.port)
+        # In-process tests send requests faster than any client should: no rate limit here.
+        self.web = WebServer(create_app(self.engine, UNLIMITED), "127.0.0.1", self.port)
         await self.web.start()
         await self.engine.start()
         return self

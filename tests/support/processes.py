@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,13 +17,19 @@ import aiohttp
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def engine_settings(fake, workdir: Path, port: int, **extra: str) -> dict[str, str]:
     """The environment for an engine process against the fake ModelsLab ``fake``."""
     return {**os.environ,
             "DISCORD_TOKEN": "not-used-here", "MODELSLAB_API_KEY": fake.api_key,
             "MODELSLAB_ENTERPRISE_API_KEY": fake.enterprise_key,
             "MODELSLAB_BASE_URL": fake.base_url, "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
-            "WEB_HOST": "127.0.0.1", "WEB_PORT": str(port),
+            "WEB_HOST": "127.0.0.1", "WEB_PORT": str(port), "METRICS_PORT": str(_free_port()),
             "DATABASE_PATH": str(workdir / "bot.sqlite3"),
             "DELIVERIES_FILE": str(workdir / "deliveries.jsonl"),
             "PYTHONPATH": str(ROOT), **extra}
