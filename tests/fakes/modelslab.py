@@ -419,6 +419,7 @@ class RecordedRequest:
     transformed: bool = False
     hung: float = 0.0
     job_id: int | None = None
+    answer_lost: bool = False  # handled, but an error page was sent instead (lose_answer_next)
     time: float = field(default_factory=time.monotonic)
 
 
@@ -553,6 +554,7 @@ class FakeModelsLab:
         self.nsfw: bool = False
         self.generation_time: float = 1.23
         self.image_size: int = 64
+        self.image_noise: bool = False  # outputs of random pixels (they don't compress)
 
         # recordings
         self.requests: list[RecordedRequest] = []
@@ -568,6 +570,8 @@ class FakeModelsLab:
         self._transforms: dict[str, deque[_Transform]] = {"submit": deque(), "fetch": deque()}
         self._hangs: dict[str, deque[float]] = {"submit": deque(), "fetch": deque(), "cdn": deque()}
         self._fail_next: deque[str] = deque()
+        self._lost_answers: dict[str, int] = {"submit": 0, "fetch": 0}
+        self._lost_status = 504
         self._outputs: dict[str, tuple[str, int]] = {}  # CDN file name -> (job key, index)
         self._cdn_404s: dict[str, int] = {}
         self._cdn_files: dict[str, tuple[bytes, str]] = {}
@@ -730,6 +734,14 @@ class FakeModelsLab:
             raise ValueError(f"kind must be one of {tuple(self._hangs)}, not {kind!r}")
         self._hangs[kind].append(seconds)
 
+    def lose_answer_next(self, kind: str, *, times: int = 1, status: int = 504) -> None:
+        """The next ``times`` requests of ``kind`` are handled as usual (a submit makes its
+        job, which runs and later sends its webhook), but the answer is lost on the way: the
+        caller gets an HTML error page with ``status`` instead (a gateway timing out)."""
+        self._check_kind(kind)
+        self._lost_answers[kind] += times
+        self._lost_status = status
+
     def reset(self, *, jobs: bool = False) -> None:
         """Clear recordings (requests, cdn_requests, webhook results) and every queued script,
         transform, hang and armed failure. Jobs are kept unless ``jobs=True``. Knobs are kept."""
@@ -740,6 +752,7 @@ class FakeModelsLab:
         for queue in (*self._scripts.values(), *self._transforms.values(), *self._hangs.values()):
             queue.clear()
         self._fail_next.clear()
+        self._lost_answers = {"submit": 0, "fetch": 0}
         if jobs:
             self.jobs.clear()
             self._outputs.clear()
@@ -927,6 +940,11 @@ class FakeModelsLab:
                 transforms.popleft()
             body = entry_t.fn(body)
             rec.transformed = True
+        if self._lost_answers.get(kind):
+            self._lost_answers[kind] -= 1
+            rec.answer_lost = True
+            return self._send(rec, self._lost_status,
+                              b"<html><body>504 Gateway Time-out</body></html>", "text/html")
         return self._send(rec, status, _json_bytes(body), "application/json")
 
     def _send(
@@ -1135,7 +1153,9 @@ class FakeModelsLab:
                 self._cdn_404s[file_name] = self._cdn_404s.get(file_name, 0) + 1
                 return not_found
             if file_name not in self._png_cache:
-                self._png_cache[file_name] = png_for(file_name, self.image_size)
+                self._png_cache[file_name] = (
+                    _noise_png(file_name, self.image_size) if self.image_noise
+                    else png_for(file_name, self.image_size))
             return 200, self._png_cache[file_name], "image/png"
         return not_found
 
@@ -1226,3 +1246,16 @@ def example_body(
         body["mask_image"] = "https://example.com/mask.png"
     body.update(overrides)
     return body
+
+
+def _noise_png(seed: str, size: int) -> bytes:
+    """A ``size`` x ``size`` PNG of random pixels (deterministic per ``seed``): about three
+    bytes a pixel, since noise does not compress."""
+    import io
+
+    from PIL import Image
+
+    data = random.Random(seed).randbytes(size * size * 3)
+    buffer = io.BytesIO()
+    Image.frombytes("RGB", (size, size), data).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
