@@ -13,6 +13,7 @@ from aiohttp import web
 from PIL import Image
 from yarl import URL
 
+from bot.jobs.engine import EnginePolicy
 from bot.jobs.models import JobStatus
 from bot.jobs.store import utc_day
 from tests.support.jobs import (
@@ -371,3 +372,39 @@ async def test_a_result_that_can_never_be_posted_is_refunded_and_closed(fake, ru
     assert final.error and "could not be posted" in final.error
     assert final.delivery_attempts == 6
     assert used == 0  # refunded
+
+
+async def test_a_day_long_retry_after_pauses_at_most_the_cap_and_queued_members_hear_it(
+        fake, running, delivery):
+    assert EnginePolicy().max_pause == 300.0  # the default: five minutes
+    fake.script("submit", 429, {"status": "error", "retry_after": 86400,
+                                "message": "Rate limit exceeded."})
+    fake.mode = "success"
+    policy = dataclasses.replace(FAST, max_pause=1.5, status_interval=0.1)
+    async with running(policy=policy) as r:
+        asked = time.time()
+        job = await r.engine.enqueue(new_job(fake.cdn_url))
+        await until(lambda: delivery.pauses_seen)
+        await delivery.wait_for(1, within=15)
+    (track_id, resumes) = delivery.pauses_seen[0]
+    assert track_id == job.track_id and asked < resumes <= asked + 1.5 + 1.0
+    submits = [q for q in fake.requests if q.kind == "submit"]
+    assert [q.response.status for q in submits] == [429, 200]
+
+
+async def test_submits_of_unknown_outcome_leave_the_slots_free(fake, running, delivery):
+    """One slot; the first submit's answer is lost. The second job is sent anyway, and the
+    first is still delivered by its webhook, never submitted again."""
+    fake.lose_answer_next("submit")
+    policy = dataclasses.replace(FAST, max_concurrency=1, unknown_outcome_wait=30.0)
+    async with running(policy=policy) as r:
+        first = await r.engine.enqueue(new_job(fake.cdn_url, user=1, prompt="first"))
+        second = await r.engine.enqueue(new_job(fake.cdn_url, user=2, prompt="second"))
+        await until(lambda: len(fake.submits) == 2)
+        assert await r.store.awaiting_webhook() == 1 and await r.store.in_flight() == 1
+        for job in list(fake.jobs.values()):
+            await fake.complete(job.id)
+        await delivery.wait_for(2, within=15)
+    assert {d.job.track_id for d in delivery.delivered} == {first.track_id, second.track_id}
+    assert all(d.job.status is JobStatus.SUCCEEDED for d in delivery.delivered)
+    assert len(fake.submits) == 2

@@ -233,3 +233,77 @@ async def test_the_active_job_cap_counts_waiting_and_running_jobs(store):
         await store.create(new_job(user=9), quota=rule)
     await store.mark_failed(first.track_id, error="x", now=1.0)
     await store.create(new_job(user=9), quota=rule)  # a slot came free
+
+
+async def test_counts_touch_only_the_active_jobs_index(store):
+    """/healthz and /metrics read the counts: no scan of the delivered history."""
+    jobs = [await store.create(new_job(user=i)) for i in range(4)]
+    for job in jobs[:2]:
+        await store.mark_failed(job.track_id, error="x", now=1.0)
+        await store.mark_delivered(job.track_id, message_id=None, now=2.0)
+    await store.claim_next(now=3.0)
+    counts = await store.counts()
+    assert counts[JobStatus.DELIVERED] == 2 and counts[JobStatus.QUEUED] == 1
+    assert counts[JobStatus.SUBMITTED] == 1
+    plans = [" ".join(str(row[3]) for row in await store.read("EXPLAIN QUERY PLAN " + sql, args))
+             for sql, args in (
+                 ("SELECT status, COUNT(*) FROM jobs WHERE status != 'delivered' "
+                  "GROUP BY status", ()),
+                 ("SELECT COUNT(*) FROM jobs WHERE status != 'delivered' AND status IN (?, ?) "
+                  "AND awaiting_webhook = 0", ("submitted", "processing")))]
+    assert all("jobs_active" in plan for plan in plans), plans
+
+
+async def test_a_submit_awaiting_its_webhook_holds_no_slot(store):
+    await store.create(new_job())
+    job, _ = await store.claim_next(now=1.0)
+    assert await store.in_flight() == 1
+    assert await store.wait_for_webhook(job.track_id, until=900.0)
+    assert await store.in_flight() == 0 and await store.awaiting_webhook() == 1
+    assert (await store.get(job.track_id)).status is JobStatus.SUBMITTED  # never resent
+    moved = await store.mark_processing(job.track_id, request_id="77", eta=1.0, fetch_url=None,
+                                        future_links=(), next_poll_at=2.0, now=2.0)
+    assert moved is not None  # its webhook named ModelsLab's id: it is at the API again
+    assert await store.in_flight() == 1 and await store.awaiting_webhook() == 0
+
+
+async def test_new_databases_vacuum_incrementally_and_old_ones_are_converted(tmp_path):
+    new = await JobStore.open(tmp_path / "new.sqlite3")
+    await new.close()
+    old_path = tmp_path / "old.sqlite3"
+    db = sqlite3.connect(old_path, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    for number, script in enumerate(MIGRATIONS[:2], start=1):
+        db.executescript(script)
+        db.execute(f"PRAGMA user_version={number}")
+    assert db.execute("PRAGMA auto_vacuum").fetchone()[0] == 0
+    db.close()
+    old = await JobStore.open(old_path)
+    await old.close()
+    for path in (tmp_path / "new.sqlite3", old_path):
+        db = sqlite3.connect(path)
+        assert db.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # incremental
+        assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+        db.close()
+
+
+async def test_purging_delivered_images_gives_the_space_back(store, tmp_path):
+    path = tmp_path / "data" / "bot.sqlite3"
+    blob = bytes(range(256)) * 4096  # 1 MiB
+    for user in range(8):
+        job = await store.create(new_job(user=user))
+        await store.claim_next(now=1.0)
+        await store.mark_succeeded(job.track_id, outputs=["u"], nsfw=False, seed=1,
+                                   request_id="r", now=2.0)
+        await store.save_outputs(job.track_id, [Output(0, "a.png", "image/png", blob, "u")])
+    (full,) = (await store.read("PRAGMA page_count"))[0]
+    for job in await store.undelivered():
+        await store.mark_delivered(job.track_id, message_id=1, now=3.0)
+    await store.purge_delivered_outputs()
+    (after,) = (await store.read("PRAGMA page_count"))[0]
+    assert after < full // 4, (after, full)
+    assert file_bytes(path) < 2 * 2**20 and file_bytes(f"{path}-wal") < 2 * 2**20
+
+
+def file_bytes(path) -> int:
+    return Path(path).stat().st_size if Path(path).exists() else 0
