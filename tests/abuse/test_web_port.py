@@ -81,6 +81,7 @@ async def test_a_healthz_flood_delays_no_command_and_no_webhook(tmp_path):
                 done.set()
                 await asyncio.gather(*clients)
 
+        print(f"healthz flood, {CLIENTS} clients: answers by status {dict(statuses)}")
         assert answer["type"] == 5, show_log(world)  # acknowledged
         assert len(message["files"]) == 1
         (submit,) = submits_with(world, prompt)
