@@ -125,6 +125,14 @@ class Servers:
         used = await self.store.images_used(user_id, server.guild_id, utc_day(now))
         return Usage(used=used, limit=rule.daily_limit, resets_at=next_reset(now))
 
+    async def active_jobs(self, server: ServerSettings, user_id: int) -> int:
+        """Jobs of the member on this server that are waiting or running (a quick look before
+        any work; the binding check is made when the job is written)."""
+        rows = await self.store.read(
+            "SELECT COUNT(*) FROM jobs WHERE guild_id IS ? AND user_id = ? AND status "
+            "IN ('queued', 'submitted', 'processing')", (server.guild_id, user_id))
+        return int(rows[0][0]) if rows else 0
+
     def check_channel(self, server: ServerSettings, channel_id: int) -> None:
         if server.allowed_channels and channel_id not in server.allowed_channels:
             where = ", ".join(f"<#{c}>" for c in server.allowed_channels)
