@@ -78,16 +78,18 @@ class RemixModal(discord.ui.Modal):
         super().__init__(title=title, timeout=15 * 60)
         self.image = image
         self.source = source
-        self.prompt = discord.ui.TextInput(label="Prompt", default=prompt[:2000] or None,
+        # Each input sits in a Label (Discord's current modal layout, not action rows).
+        self.prompt = discord.ui.TextInput(default=prompt[:2000] or None,
                                            max_length=2000, style=discord.TextStyle.paragraph)
-        self.negative = discord.ui.TextInput(label="Negative prompt", required=False,
+        self.negative = discord.ui.TextInput(required=False,
                                              default=negative_prompt[:2000] or None,
                                              max_length=2000, style=discord.TextStyle.paragraph)
         self.strength = discord.ui.TextInput(
-            label="Strength (0 keeps the image, 1 ignores it)", required=False, max_length=6,
+            required=False, max_length=6,
             default=f"{strength:g}" if strength is not None else None, placeholder="0.7")
-        for item in (self.prompt, self.negative, self.strength):
-            self.add_item(item)
+        for text, item in (("Prompt", self.prompt), ("Negative prompt", self.negative),
+                           ("Strength (0 keeps the image, 1 ignores it)", self.strength)):
+            self.add_item(discord.ui.Label(text=text, component=item))
 
     async def on_submit(self, interaction: discord.Interaction) -> None:
         strength: float | None = None
