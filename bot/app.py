@@ -90,9 +90,17 @@ class RemixerBot(commands.Bot):
 
     async def sync_commands(self) -> None:
         """Global commands: synced only when their definition changed (Discord rate-limits
-        syncs and global changes take a while to show). DEV_GUILD_ID: synced there each start."""
+        syncs and global changes take a while to show). DEV_GUILD_ID: synced to that server
+        only, each start, and not globally (both would show every command twice there)."""
         store = self.services.store
         assert store is not None
+        if self.settings.dev_guild_id:
+            guild = discord.Object(self.settings.dev_guild_id)
+            self.tree.copy_global_to(guild=guild)
+            await self.tree.sync(guild=guild)
+            log.info("DEV_GUILD_ID is set: commands synced to server %s only, not globally",
+                     self.settings.dev_guild_id)
+            return
         definition = json.dumps([c.to_dict(self.tree) for c in self.tree.get_commands()],
                                 sort_keys=True)
         digest = hashlib.sha256(definition.encode()).hexdigest()
@@ -102,11 +110,6 @@ class RemixerBot(commands.Bot):
             log.info("global commands synced")
         else:
             log.info("global commands unchanged; not synced")
-        if self.settings.dev_guild_id:
-            guild = discord.Object(self.settings.dev_guild_id)
-            self.tree.copy_global_to(guild=guild)
-            await self.tree.sync(guild=guild)
-            log.info("commands synced to guild %s", self.settings.dev_guild_id)
 
     async def close(self) -> None:
         # Jobs first, while Discord is still reachable for deliveries in progress.
