@@ -11,8 +11,8 @@ import pytest_asyncio
 from tests.e2e.conftest import bot_settings, start_world
 from tests.e2e.harness import BotProcess, free_port
 from tests.e2e.test_generate import ready_for
-from tests.e2e.test_remix import button
 from tests.e2e.test_quotas import new_server
+from tests.e2e.test_remix import button
 from tests.fakes import FakeDiscord, FakeModelsLab
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")

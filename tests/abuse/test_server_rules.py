@@ -7,13 +7,11 @@ from __future__ import annotations
 import itertools
 import sqlite3
 
-import discord
 import pytest
 import pytest_asyncio
 
 from tests.e2e.conftest import start_world
-from tests.e2e.test_generate import eventually, ready_for
-from tests.e2e.test_quotas import Server, command, new_server, submitted
+from tests.e2e.test_quotas import command, new_server, submitted
 from tests.fakes import png_bytes
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
