@@ -24,6 +24,18 @@ log = logging.getLogger(__name__)
 # Loaded in this order; each load is guarded so one broken cog cannot stop the bot.
 COGS: tuple[str, ...] = ("cogs.generate", "cogs.remix", "cogs.admin")
 COMMANDS_HASH_KEY = "global_commands_hash"
+# Every command is for servers that added the bot: a server's quota, member limits and channel
+# list apply to it. Not in DMs, group DMs, nor as a user-installed app, where none would.
+SERVER_ONLY = app_commands.AppCommandContext(guild=True, dm_channel=False, private_channel=False)
+SERVER_INSTALL_ONLY = app_commands.AppInstallationType(guild=True, user=False)
+OUTSIDE_A_SERVER = ("Remixer works only in a server that has added it, where that server's "
+                    "limits apply; it can't be used in direct messages or as an app you "
+                    "installed yourself. Use it in your server instead.")
+
+
+def in_a_server(interaction: discord.Interaction) -> bool:
+    """The interaction comes from a server, through that server's install of the bot."""
+    return interaction.guild_id is not None and interaction.is_guild_integration()
 
 
 def point_discord_at(settings: Settings) -> None:
@@ -38,6 +50,15 @@ def point_discord_at(settings: Settings) -> None:
 
 class RemixerTree(app_commands.CommandTree):
     """The one error handler: member mistakes are shown as they are, the rest is logged."""
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        # Discord hides the commands outside servers, but an old client or a hand-made
+        # request can still send one: refused here, before anything runs or is charged.
+        if in_a_server(interaction):
+            return True
+        if interaction.type is discord.InteractionType.application_command:
+            await reply_privately(interaction, OUTSIDE_A_SERVER)
+        return False
 
     async def on_error(self, interaction: discord.Interaction,
                        error: app_commands.AppCommandError) -> None:
@@ -68,7 +89,8 @@ class RemixerBot(commands.Bot):
         intents.guilds = True
         super().__init__(command_prefix=commands.when_mentioned, intents=intents,
                          help_command=None, tree_cls=RemixerTree,
-                         allowed_mentions=discord.AllowedMentions.none())
+                         allowed_mentions=discord.AllowedMentions.none(),
+                         allowed_contexts=SERVER_ONLY, allowed_installs=SERVER_INSTALL_ONLY)
         self.settings = settings
         self.services = Services(settings, DiscordDelivery(self))
         self.generation: GenerationService | None = None

@@ -124,6 +124,8 @@ class Generate(commands.Cog):
         self.bot = bot
 
     @app_commands.command(name="img2img", description="Transform an image with a prompt")
+    @app_commands.allowed_contexts(guilds=True, dms=False, private_channels=False)
+    @app_commands.allowed_installs(guilds=True, users=False)
     @app_commands.describe(**{k: v for k, v in DESCRIPTIONS.items() if k != "mask"})
     @app_commands.choices(endpoint=ENDPOINT_CHOICES)
     async def img2img(
@@ -157,6 +159,8 @@ class Generate(commands.Cog):
             requester=requester_of(interaction), nsfw_channel=is_nsfw_channel(interaction)))
 
     @app_commands.command(name="inpaint", description="Repaint the white part of a mask")
+    @app_commands.allowed_contexts(guilds=True, dms=False, private_channels=False)
+    @app_commands.allowed_installs(guilds=True, users=False)
     @app_commands.describe(**{k: v for k, v in DESCRIPTIONS.items()
                               if k not in ("endpoint", "karras")})
     async def inpaint(
