@@ -18,7 +18,7 @@ from discord.ext import commands
 from bot.components import DELETE_TEMPLATE, REMIX_TEMPLATE, REROLL_TEMPLATE
 from bot.errors import UserFacingError
 from bot.generation import GenerationRequest, Upload
-from bot.jobs.models import Job
+from bot.jobs.models import Job, Requester
 from bot.modelslab.catalogue import INPAINT, Operation
 from bot.modelslab.payload import GenerationOptions
 from cogs.generate import is_nsfw_channel, requester_of, start_job, upload_of
@@ -45,6 +45,30 @@ async def source_job(interaction: discord.Interaction, track_id: str) -> Job | N
         await interaction.response.send_message(
             "I don't know that result any more, so I can't do that with it.", ephemeral=True)
     return job
+
+
+NO_SERVER = ("This result was not made in a server, so there are no server rules to make "
+             "another one under. Use Remixer in your server instead.")
+
+
+def requester_for(interaction: discord.Interaction, job: Job) -> Requester | None:
+    """Who asks, and under which server's rules. A button on a result acts for the server the
+    job came from, also on a result delivered by direct message: there the new job is
+    checked and charged under that server and posted in its channel (status updates, which
+    would go to the DM, are left out). None: the job came from no server."""
+    if interaction.guild_id is not None:
+        return requester_of(interaction)
+    if job.requester.guild_id is None:
+        return None
+    return Requester(user_id=interaction.user.id, guild_id=job.requester.guild_id,
+                     channel_id=job.requester.channel_id)
+
+
+async def start_for(interaction: discord.Interaction, request: GenerationRequest) -> None:
+    job = await start_job(bot_of(interaction), interaction, request)
+    if job is not None and interaction.guild_id is None:
+        await interaction.edit_original_response(
+            content=f"Queued: the result will be posted in <#{request.requester.channel_id}>.")
 
 
 def endpoint_for_remix(job: Job) -> str:
@@ -101,6 +125,11 @@ class RemixModal(discord.ui.Modal):
                     f"strength must be a number between 0 and 1, not {self.strength.value!r}.",
                     ephemeral=True)
                 return
+        requester = (requester_for(interaction, self.source) if self.source
+                     else requester_of(interaction) if interaction.guild_id else None)
+        if requester is None:
+            await interaction.response.send_message(NO_SERVER, ephemeral=True)
+            return
         await interaction.response.defer(ephemeral=True, thinking=True)
         kept = {k: v for k, v in (self.source.options if self.source else {}).items()
                 if k in KEPT_OPTIONS}
@@ -115,10 +144,10 @@ class RemixModal(discord.ui.Modal):
         request = GenerationRequest(
             operation=Operation.IMG2IMG, options=options, image=self.image,
             endpoint=endpoint_for_remix(self.source) if self.source else None,
-            requester=requester_of(interaction), nsfw_channel=is_nsfw_channel(interaction),
+            requester=requester, nsfw_channel=is_nsfw_channel(interaction),
             parent_track_id=self.source.track_id if self.source else None,
             extra={"remix_of": self.source.track_id} if self.source else {})
-        await start_job(bot_of(interaction), interaction, request)
+        await start_for(interaction, request)
 
     async def on_error(self, interaction: discord.Interaction, error: Exception) -> None:
         log.error("remix modal failed", exc_info=error)
@@ -143,6 +172,9 @@ class RemixButton(discord.ui.DynamicItem[discord.ui.Button], template=REMIX_TEMP
     async def callback(self, interaction: discord.Interaction) -> None:
         job = await source_job(interaction, self.track_id)
         if job is None:
+            return
+        if requester_for(interaction, job) is None:
+            await interaction.response.send_message(NO_SERVER, ephemeral=True)
             return
         attachments = interaction.message.attachments if interaction.message else []
         if self.index >= len(attachments):
@@ -169,6 +201,10 @@ class RerollButton(discord.ui.DynamicItem[discord.ui.Button], template=REROLL_TE
         job = await source_job(interaction, self.track_id)
         if job is None:
             return
+        requester = requester_for(interaction, job)
+        if requester is None:
+            await interaction.response.send_message(NO_SERVER, ephemeral=True)
+            return
         await interaction.response.defer(ephemeral=True, thinking=True)
         options = {k: v for k, v in job.options.items() if k in GenerationOptions.model_fields}
         options["seed"] = None  # same settings, new seed
@@ -180,10 +216,10 @@ class RerollButton(discord.ui.DynamicItem[discord.ui.Button], template=REROLL_TE
             options=GenerationOptions(**options),
             image=Upload(url=image_url, filename="image"),
             mask=Upload(url=mask_url, filename="mask.png") if mask_url else None,
-            endpoint=job.endpoint, requester=requester_of(interaction),
+            endpoint=job.endpoint, requester=requester,
             nsfw_channel=is_nsfw_channel(interaction), parent_track_id=job.track_id,
             extra={k: v for k, v in job.options.items() if k == "remix_of"})
-        await start_job(bot_of(interaction), interaction, request)
+        await start_for(interaction, request)
 
 
 class DeleteButton(discord.ui.DynamicItem[discord.ui.Button], template=DELETE_TEMPLATE):
@@ -219,6 +255,8 @@ class DeleteButton(discord.ui.DynamicItem[discord.ui.Button], template=DELETE_TE
 
 
 @app_commands.context_menu(name="Remix image")
+@app_commands.allowed_contexts(guilds=True, dms=False, private_channels=False)
+@app_commands.allowed_installs(guilds=True, users=False)
 async def remix_message(interaction: discord.Interaction, message: discord.Message) -> None:
     image = next((a for a in message.attachments
                   if (a.content_type or "").startswith("image/") or IMAGE_NAME.search(a.filename)),
