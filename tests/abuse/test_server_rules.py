@@ -11,8 +11,11 @@ import pytest
 import pytest_asyncio
 
 from tests.e2e.conftest import start_world
+from tests.e2e.test_generate import eventually, ready_for
 from tests.e2e.test_quotas import command, new_server, submitted
+from tests.e2e.test_remix import button
 from tests.fakes import png_bytes
+from tests.fakes.discord import ClientRefused
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 _ids = itertools.count(90_000)
@@ -64,3 +67,81 @@ async def test_a_member_at_the_job_cap_is_refused_before_any_download(world):
         world.modelslab.auto_complete_after = 0.3
         for job in list(world.modelslab.processing_jobs):
             await world.modelslab.complete(job.id)
+
+
+SERVER_ONLY_TEXT = "works only in a server that has added it"
+
+
+async def test_commands_are_registered_for_servers_only(world):
+    registered = world.discord.commands
+    for name in ("img2img", "inpaint", "Remix image", "quota", "history", "config"):
+        assert registered[name]["contexts"] == [0], name
+        assert registered[name]["integration_types"] == [0], name
+    s = new_server(world)
+    with pytest.raises(ClientRefused):  # Discord's client offers them only in servers
+        await world.discord.dm_slash(s.member, "img2img", {"image": world.image(),
+                                                           "prompt": "a dm fox"})
+
+
+async def test_a_command_sent_from_a_dm_is_refused_and_costs_nothing(world):
+    s = new_server(world)
+    await command(world, s.admin, s.channel, "config member_limit",
+                  {"member": s.member, "limit": 0})
+    image = world.image()
+    for name, options in [("img2img", {"image": image, "prompt": "a dm fox"}),
+                          ("inpaint", {"image": image, "mask": world.image("mask.png"),
+                                       "prompt": "a dm fox"}),
+                          ("quota", {}), ("history", {})]:
+        ix = await world.discord.dm_slash(s.member, name, options, client_checks=False)
+        answer = await ix.response()
+        assert answer["type"] == 4 and ix.ephemeral, name
+        assert SERVER_ONLY_TEXT in answer["data"]["content"], name
+    assert submitted(world, "a dm fox") == 0
+    assert downloads_of(world, image) == 0
+    assert ledger_rows(world, s.member) == 0
+
+
+async def test_a_command_through_a_user_install_is_refused(world):
+    s = new_server(world)
+    await command(world, s.admin, s.channel, "config member_limit",
+                  {"member": s.member, "limit": 0})
+    image = world.image()
+    ix = await world.discord.slash(s.member, s.channel, "img2img",
+                                   {"image": image, "prompt": "a user-app fox"},
+                                   user_install=True, client_checks=False)
+    answer = await ix.response()
+    assert ix.ephemeral and SERVER_ONLY_TEXT in answer["data"]["content"]
+    assert submitted(world, "a user-app fox") == 0 and downloads_of(world, image) == 0
+    assert ledger_rows(world, s.member) == 0
+
+
+async def test_buttons_on_a_result_in_a_dm_act_under_the_servers_rules(world):
+    s = new_server(world)
+    await command(world, s.admin, s.channel, "config daily_limit", {"limit": 1})
+    await command(world, s.member, s.channel, "img2img",
+                  {"image": world.image(), "prompt": "a homing pigeon"})
+    result = await world.discord.wait_for_message(
+        s.channel, ready_for(s.member, "a homing pigeon"), timeout=20)
+    in_dm = world.discord.forward_to_dm(s.member, result)  # as a result delivered by DM
+
+    ix = await world.discord.click(s.member, in_dm, button(in_dm, "Re-roll"))
+    refused = await ix.wait_original(lambda m: "used all" in m["content"], timeout=15)
+    assert "used all 1 of your images for today" in refused["content"]
+    click = await world.discord.click(s.member, in_dm, button(in_dm, "Remix"))
+    await click.response()
+    submit = await world.discord.submit_modal(s.member, world.discord.dm_channel(s.member),
+                                              click.modal["custom_id"],
+                                              {"Prompt": "a pigeon remixed"})
+    await submit.wait_original(lambda m: "used all" in m["content"], timeout=15)
+    assert ledger_rows(world, s.member) == 1 and submitted(world, "a pigeon remixed") == 0
+
+    await command(world, s.admin, s.channel, "config daily_limit", {"limit": 5})
+    ix = await world.discord.click(s.member, in_dm, button(in_dm, "Re-roll"))
+    queued = await ix.wait_original(lambda m: "Queued" in m["content"], timeout=15)
+    assert f"<#{s.channel}>" in queued["content"]
+    await eventually(lambda: sum(1 for m in world.discord.messages(s.channel)
+                                 if ready_for(s.member, "a homing pigeon")(m)) == 2)
+    with sqlite3.connect(world.db_path) as db:
+        guilds = {row[0] for row in db.execute(
+            "SELECT guild_id FROM quota_ledger WHERE user_id = ?", (s.member,))}
+    assert guilds == {s.guild}
