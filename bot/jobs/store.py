@@ -127,6 +127,11 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (guild_id, user_id)
     );
     """,
+    # 3: each server's member cooldown (NULL: the bot's defaults).
+    """
+    ALTER TABLE guild_settings ADD COLUMN cooldown_burst INTEGER;
+    ALTER TABLE guild_settings ADD COLUMN cooldown_seconds REAL;
+    """,
 )
 
 
