@@ -12,6 +12,7 @@ import yarl
 from discord import app_commands
 from discord.ext import commands
 
+from bot.cooldowns import Cooldowns
 from bot.delivery import DiscordDelivery
 from bot.errors import UserFacingError
 from bot.generation import GenerationService
@@ -95,12 +96,14 @@ class RemixerBot(commands.Bot):
         self.services = Services(settings, DiscordDelivery(self))
         self.generation: GenerationService | None = None
         self.servers: Servers | None = None
+        self.cooldowns: Cooldowns | None = None
 
     async def setup_hook(self) -> None:
         await self.services.start()
         assert self.services.engine is not None and self.services.session is not None
         assert self.services.store is not None
         self.servers = Servers(self.services.store, self.settings)
+        self.cooldowns = Cooldowns(self.servers)
         self.generation = GenerationService(self.settings, self.services.engine,
                                             self.services.session, self.servers)
         for name in COGS:
