@@ -7,9 +7,12 @@ so they keep working after a restart and on results days old.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+import time
 from typing import TYPE_CHECKING
+from urllib.parse import parse_qs, urlsplit
 
 import discord
 from discord import app_commands
@@ -21,7 +24,7 @@ from bot.generation import GenerationRequest, Upload
 from bot.jobs.models import Job, Requester
 from bot.modelslab.catalogue import INPAINT, Operation
 from bot.modelslab.payload import GenerationOptions
-from cogs.generate import is_nsfw_channel, requester_of, start_job, upload_of
+from cogs.generate import is_nsfw_channel, requester_of, start_job, take_turn, upload_of
 
 if TYPE_CHECKING:
     from bot.app import RemixerBot
@@ -76,21 +79,77 @@ def endpoint_for_remix(job: Job) -> str:
     return "v6" if job.endpoint == INPAINT.name else job.endpoint
 
 
+# A link with less time left than this is refreshed before use: ModelsLab may fetch it a while
+# after the job is queued.
+REFRESH_MARGIN = 30 * 60
+MAX_CACHED_LINKS = 2_000
+_fresh_links: dict[str, tuple[str, float]] = {}  # stored link -> (refreshed link, expires at)
+_refreshing = asyncio.Lock()  # clicks at once wait for one refresh instead of each asking
+
+
+def link_expiry(url: str) -> float | None:
+    """When a Discord CDN link stops working (its ``ex`` parameter, hex Unix time); None for
+    a link that carries none."""
+    try:
+        return float(int(parse_qs(urlsplit(url).query)["ex"][0], 16))
+    except (KeyError, IndexError, ValueError):
+        return None
+
+
+def usable(url: str, now: float) -> bool:
+    expiry = link_expiry(url)
+    return expiry is None or expiry - now > REFRESH_MARGIN
+
+
 async def refreshed(bot: RemixerBot, *urls: str | None) -> list[str | None]:
     """Discord's attachment links expire after about a day; a re-roll of an older result asks
-    Discord for fresh links to the same files (the old ones are kept if it cannot)."""
-    wanted = [u for u in urls if u]
-    if not wanted:
-        return list(urls)
-    try:
-        data = await bot.http.request(discord.http.Route("POST", "/attachments/refresh-urls"),
-                                      json={"attachment_urls": wanted})
-    except discord.HTTPException as exc:
-        log.info("attachment links not refreshed (%s)", exc.status)
-        return list(urls)
-    fresh = {item.get("original"): item.get("refreshed")
-             for item in (data or {}).get("refreshed_urls", [])}
-    return [fresh.get(u) or u if u else u for u in urls]
+    Discord for fresh links to the same files (the old ones are kept if it cannot). Only links
+    expired or near expiry are refreshed, and a refreshed link is reused for its lifetime, so
+    clicking Re-roll again and again does not spend the bot's Discord rate limit."""
+    now = time.time()
+    chosen: dict[str, str] = {}
+
+    def still_wanted() -> list[str]:
+        wanted = []
+        for url in urls:
+            if not url or url in chosen:
+                continue
+            cached = _fresh_links.get(url)
+            if usable(url, now):
+                chosen[url] = url
+            elif cached is not None and cached[1] - now > REFRESH_MARGIN:
+                chosen[url] = cached[0]
+            else:
+                wanted.append(url)
+        return wanted
+
+    if not still_wanted():
+        return [chosen.get(u, u) if u else u for u in urls]
+    async with _refreshing:
+        wanted = still_wanted()  # another click may have refreshed them meanwhile
+        if not wanted:
+            return [chosen.get(u, u) if u else u for u in urls]
+        try:
+            data = await bot.http.request(
+                discord.http.Route("POST", "/attachments/refresh-urls"),
+                json={"attachment_urls": wanted})
+        except discord.HTTPException as exc:
+            log.info("attachment links not refreshed (%s)", exc.status)
+            data = None
+        for item in (data or {}).get("refreshed_urls", []):
+            original, fresh = item.get("original"), item.get("refreshed")
+            if original in wanted and isinstance(fresh, str) and fresh:
+                chosen[original] = fresh
+                expiry = link_expiry(fresh)
+                if expiry is not None:
+                    _fresh_links[original] = (fresh, expiry)
+        if len(_fresh_links) > MAX_CACHED_LINKS:
+            for key, (_, expiry) in list(_fresh_links.items()):
+                if expiry <= now:
+                    del _fresh_links[key]
+            while len(_fresh_links) > MAX_CACHED_LINKS:
+                del _fresh_links[next(iter(_fresh_links))]
+    return [chosen.get(u, u) if u else u for u in urls]
 
 
 class RemixModal(discord.ui.Modal):
@@ -130,6 +189,9 @@ class RemixModal(discord.ui.Modal):
         if requester is None:
             await interaction.response.send_message(NO_SERVER, ephemeral=True)
             return
+        bot = bot_of(interaction)
+        if not await take_turn(bot, interaction, requester.guild_id):
+            return
         await interaction.response.defer(ephemeral=True, thinking=True)
         kept = {k: v for k, v in (self.source.options if self.source else {}).items()
                 if k in KEPT_OPTIONS}
@@ -139,6 +201,8 @@ class RemixModal(discord.ui.Modal):
         try:
             options = GenerationOptions(**kept)
         except ValueError:
+            assert bot.cooldowns is not None
+            bot.cooldowns.refund(requester.guild_id, requester.user_id)
             await interaction.edit_original_response(content="Those values can't be used.")
             return
         request = GenerationRequest(
@@ -204,6 +268,9 @@ class RerollButton(discord.ui.DynamicItem[discord.ui.Button], template=REROLL_TE
         requester = requester_for(interaction, job)
         if requester is None:
             await interaction.response.send_message(NO_SERVER, ephemeral=True)
+            return
+        # The cooldown comes first: a storm of clicks costs neither work nor Discord calls.
+        if not await take_turn(bot_of(interaction), interaction, requester.guild_id):
             return
         await interaction.response.defer(ephemeral=True, thinking=True)
         options = {k: v for k, v in job.options.items() if k in GenerationOptions.model_fields}
