@@ -5,7 +5,9 @@ bot process and the local fakes."""
 from __future__ import annotations
 
 import itertools
+import re
 import sqlite3
+import time
 
 import pytest
 import pytest_asyncio
@@ -24,7 +26,8 @@ _ids = itertools.count(90_000)
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def world(tmp_path_factory):
     path = tmp_path_factory.mktemp("bot")
-    world, stop = await start_world(path)
+    # An empty value: the bot's default cooldown, which a member using it normally never meets.
+    world, stop = await start_world(path, COOLDOWN_BURST="")
     world.db_path = path / "bot.sqlite3"
     yield world
     await stop()
@@ -145,3 +148,88 @@ async def test_buttons_on_a_result_in_a_dm_act_under_the_servers_rules(world):
         guilds = {row[0] for row in db.execute(
             "SELECT guild_id FROM quota_ledger WHERE user_id = ?", (s.member,))}
     assert guilds == {s.guild}
+
+
+async def final_text(ix) -> str:
+    """What the member finally reads in answer to a command or click."""
+    answer = await ix.response(timeout=15)
+    if answer["type"] == 4:
+        assert ix.ephemeral
+        return answer["data"]["content"]
+    shown = await ix.wait_original(lambda m: bool(m["content"]) and "Preparing" not in
+                                   m["content"], timeout=15)
+    return shown["content"]
+
+
+def retry_at(text: str) -> int:
+    match = re.search(r"<t:(\d+):R>", text)
+    assert match, text
+    return int(match.group(1))
+
+
+async def test_a_member_using_the_bot_normally_never_meets_the_cooldown(world):
+    s = new_server(world)
+    await command(world, s.admin, s.channel, "config max_jobs", {"count": 10})
+    shown = await command(world, s.admin, s.channel, "config show")
+    assert "Cooldown: up to **5** actions in quick succession, then one every **5** s" in shown
+    for n in range(5):  # five in quick succession
+        assert "Queued" in await command(world, s.member, s.channel, "img2img",
+                                         {"image": world.image(), "prompt": f"quick hare {n}"})
+
+
+async def test_the_cooldown_answers_privately_and_refused_commands_do_not_count(world):
+    s = new_server(world)
+    elsewhere = next(_ids)
+    world.discord.add_channel(s.guild, elsewhere, "off-topic")
+    await command(world, s.admin, s.channel, "config max_jobs", {"count": 10})
+    await command(world, s.admin, s.channel, "config channels",
+                  {"action": "add", "channel": s.channel})
+    text = await command(world, s.admin, s.channel, "config cooldown",
+                         {"burst": 2, "seconds": 600})
+    assert "up to **2** actions in quick succession, then one every **600** s" in text
+    for _ in range(3):  # refused for another reason: no turn is used up
+        assert "can't be used in this channel" in await command(
+            world, s.member, elsewhere, "img2img", {"image": world.image(), "prompt": "lost"})
+    for n in range(2):
+        assert "Queued" in await command(world, s.member, s.channel, "img2img",
+                                         {"image": world.image(), "prompt": f"hasty {n}"})
+    ix = await world.discord.slash(s.member, s.channel, "img2img",
+                                   {"image": world.image(), "prompt": "too hasty"})
+    text = await final_text(ix)
+    assert text.startswith("You're going a bit fast; try again <t:")
+    assert retry_at(text) > time.time() + 500  # about ten minutes from now
+    assert submitted(world, "too hasty") == 0
+    assert "Queued" in await command(world, s.other, s.channel, "img2img",
+                                     {"image": world.image(), "prompt": "someone else"})
+
+    assert "**off**" in await command(world, s.admin, s.channel, "config cooldown",
+                                      {"burst": 0, "seconds": 5})
+    assert "Cooldown: **off**" in await command(world, s.admin, s.channel, "config show")
+    assert "Queued" in await command(world, s.member, s.channel, "img2img",
+                                     {"image": world.image(), "prompt": "calm again"})
+
+
+async def test_a_reroll_storm_spends_neither_work_nor_discords_rate_limit(world):
+    s = new_server(world)
+    await command(world, s.admin, s.channel, "config max_jobs", {"count": 10})
+    await command(world, s.admin, s.channel, "config cooldown", {"burst": 5, "seconds": 600})
+    ttl = world.discord.attachment_url_ttl
+    world.discord.attachment_url_ttl = 5 * 60  # the member's image link expires soon...
+    try:
+        await world.discord.slash(s.member, s.channel, "img2img",
+                                  {"image": world.image(), "prompt": "a spinning top"})
+        result = await world.discord.wait_for_message(
+            s.channel, ready_for(s.member, "a spinning top"), timeout=20)
+    finally:
+        world.discord.attachment_url_ttl = ttl  # ...and refreshed links last a day
+    refreshes = sum(1 for c in world.discord.rest_log if c.path == "/attachments/refresh-urls")
+    clicks = [await world.discord.click(s.member, result, button(result, "Re-roll"))
+              for _ in range(8)]
+    texts = [await final_text(ix) for ix in clicks]
+    # The command took one of the five turns: four re-rolls pass, four wait.
+    assert sum("going a bit fast" in t for t in texts) == 4, texts
+    assert sum(1 for c in world.discord.rest_log
+               if c.path == "/attachments/refresh-urls") - refreshes <= 1
+    await eventually(lambda: sum(1 for m in world.discord.messages(s.channel)
+                                 if ready_for(s.member, "a spinning top")(m)) == 5, within=40)
+    assert submitted(world, "a spinning top") == 5
