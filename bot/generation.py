@@ -137,6 +137,9 @@ class GenerationService:
         if not self.engine.accepting:  # shutting down: start nothing (jobs written resume)
             raise UserFacingError("Remixer is restarting; try again in a minute.")
         r = request.requester
+        if r.guild_id is None:  # no server: no quota, member limit or channel list applies
+            raise UserFacingError("Remixer works only in a server that has added it; use it "
+                                  "in your server.")
         server = await self.servers.get(r.guild_id)
         self.servers.check_channel(server, r.channel_id)
         endpoint = self.resolve_endpoint(request.operation, request.endpoint,
