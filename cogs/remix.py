@@ -101,12 +101,15 @@ def usable(url: str, now: float) -> bool:
     return expiry is None or expiry - now > REFRESH_MARGIN
 
 
-async def refreshed(bot: RemixerBot, *urls: str | None) -> list[str | None]:
+async def refreshed(bot: RemixerBot, *urls: str | None,
+                    discord_now: float = 0.0) -> list[str | None]:
     """Discord's attachment links expire after about a day; a re-roll of an older result asks
     Discord for fresh links to the same files (the old ones are kept if it cannot). Only links
     expired or near expiry are refreshed, and a refreshed link is reused for its lifetime, so
-    clicking Re-roll again and again does not spend the bot's Discord rate limit."""
-    now = time.time()
+    clicking Re-roll again and again does not spend the bot's Discord rate limit.
+    ``discord_now``: Discord's clock (an interaction's time), which the links' expiry follows;
+    the later of it and this machine's clock is used, so a skewed clock errs on refreshing."""
+    now = max(time.time(), discord_now)
     chosen: dict[str, str] = {}
 
     def still_wanted() -> list[str]:
@@ -277,7 +280,9 @@ class RerollButton(discord.ui.DynamicItem[discord.ui.Button], template=REROLL_TE
         options["seed"] = None  # same settings, new seed
         image_url = job.options.get("image_url") or job.payload["init_image"]
         mask_url = job.options.get("mask_url")
-        image_url, mask_url = await refreshed(bot_of(interaction), image_url, mask_url)
+        image_url, mask_url = await refreshed(
+            bot_of(interaction), image_url, mask_url,
+            discord_now=interaction.created_at.timestamp())
         request = GenerationRequest(
             operation=Operation.INPAINT if job.endpoint == INPAINT.name else Operation.IMG2IMG,
             options=GenerationOptions(**options),
