@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import socket
 import sys
 
 from pydantic import ValidationError
@@ -25,6 +27,7 @@ def configure_logging(level: str) -> None:
 
 async def run(settings: Settings) -> int:
     # Imported here so that a settings mistake is reported before the heavier imports.
+    import aiohttp
     import discord
 
     from bot.app import RemixerBot, point_discord_at
@@ -57,6 +60,13 @@ async def run(settings: Settings) -> int:
                 print("Remixer cannot start: the bot asks for an intent that is not enabled "
                       "in the Discord developer portal.", file=sys.stderr)
                 return 1
+            except (aiohttp.ClientConnectionError, discord.GatewayNotFound) as exc:
+                # Logging in comes first: a network failure here is Discord being out of
+                # reach (aiohttp's connection errors are OSErrors too, hence caught first).
+                print(f"Remixer cannot start: Discord cannot be reached "
+                      f"({describe_connection_error(exc)}). Check this machine's network "
+                      f"connection, DNS and firewall.", file=sys.stderr)
+                return 1
             except OSError as exc:
                 print(f"Remixer cannot start: the web server cannot listen on "
                       f"{settings.web_host}:{settings.web_port} ({exc.strerror or exc}).",
@@ -66,6 +76,19 @@ async def run(settings: Settings) -> int:
         await bot.close()
         await asyncio.gather(runner, return_exceptions=True)
     return 0
+
+
+def describe_connection_error(exc: BaseException) -> str:
+    """Where the bot tried to connect and why it could not, in one short phrase."""
+    key = getattr(exc, "host", None) and f"{exc.host}:{exc.port}"  # type: ignore[attr-defined]
+    code = getattr(exc, "errno", None)
+    if isinstance(getattr(exc, "os_error", None), socket.gaierror):
+        reason = "the name does not resolve (DNS)"
+    elif code and code > 0:
+        reason = os.strerror(code)
+    else:
+        reason = str(exc) or type(exc).__name__
+    return f"{key}: {reason}" if key else reason
 
 
 def main() -> int:

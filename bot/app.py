@@ -12,6 +12,7 @@ import yarl
 from discord import app_commands
 from discord.ext import commands
 
+from bot.cooldowns import Cooldowns
 from bot.delivery import DiscordDelivery
 from bot.errors import UserFacingError
 from bot.generation import GenerationService
@@ -24,6 +25,18 @@ log = logging.getLogger(__name__)
 # Loaded in this order; each load is guarded so one broken cog cannot stop the bot.
 COGS: tuple[str, ...] = ("cogs.generate", "cogs.remix", "cogs.admin")
 COMMANDS_HASH_KEY = "global_commands_hash"
+# Every command is for servers that added the bot: a server's quota, member limits and channel
+# list apply to it. Not in DMs, group DMs, nor as a user-installed app, where none would.
+SERVER_ONLY = app_commands.AppCommandContext(guild=True, dm_channel=False, private_channel=False)
+SERVER_INSTALL_ONLY = app_commands.AppInstallationType(guild=True, user=False)
+OUTSIDE_A_SERVER = ("Remixer works only in a server that has added it, where that server's "
+                    "limits apply; it can't be used in direct messages or as an app you "
+                    "installed yourself. Use it in your server instead.")
+
+
+def in_a_server(interaction: discord.Interaction) -> bool:
+    """The interaction comes from a server, through that server's install of the bot."""
+    return interaction.guild_id is not None and interaction.is_guild_integration()
 
 
 def point_discord_at(settings: Settings) -> None:
@@ -38,6 +51,15 @@ def point_discord_at(settings: Settings) -> None:
 
 class RemixerTree(app_commands.CommandTree):
     """The one error handler: member mistakes are shown as they are, the rest is logged."""
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        # Discord hides the commands outside servers, but an old client or a hand-made
+        # request can still send one: refused here, before anything runs or is charged.
+        if in_a_server(interaction):
+            return True
+        if interaction.type is discord.InteractionType.application_command:
+            await reply_privately(interaction, OUTSIDE_A_SERVER)
+        return False
 
     async def on_error(self, interaction: discord.Interaction,
                        error: app_commands.AppCommandError) -> None:
@@ -68,17 +90,20 @@ class RemixerBot(commands.Bot):
         intents.guilds = True
         super().__init__(command_prefix=commands.when_mentioned, intents=intents,
                          help_command=None, tree_cls=RemixerTree,
-                         allowed_mentions=discord.AllowedMentions.none())
+                         allowed_mentions=discord.AllowedMentions.none(),
+                         allowed_contexts=SERVER_ONLY, allowed_installs=SERVER_INSTALL_ONLY)
         self.settings = settings
         self.services = Services(settings, DiscordDelivery(self))
         self.generation: GenerationService | None = None
         self.servers: Servers | None = None
+        self.cooldowns: Cooldowns | None = None
 
     async def setup_hook(self) -> None:
         await self.services.start()
         assert self.services.engine is not None and self.services.session is not None
         assert self.services.store is not None
         self.servers = Servers(self.services.store, self.settings)
+        self.cooldowns = Cooldowns(self.servers)
         self.generation = GenerationService(self.settings, self.services.engine,
                                             self.services.session, self.servers)
         for name in COGS:
@@ -90,9 +115,17 @@ class RemixerBot(commands.Bot):
 
     async def sync_commands(self) -> None:
         """Global commands: synced only when their definition changed (Discord rate-limits
-        syncs and global changes take a while to show). DEV_GUILD_ID: synced there each start."""
+        syncs and global changes take a while to show). DEV_GUILD_ID: synced to that server
+        only, each start, and not globally (both would show every command twice there)."""
         store = self.services.store
         assert store is not None
+        if self.settings.dev_guild_id:
+            guild = discord.Object(self.settings.dev_guild_id)
+            self.tree.copy_global_to(guild=guild)
+            await self.tree.sync(guild=guild)
+            log.info("DEV_GUILD_ID is set: commands synced to server %s only, not globally",
+                     self.settings.dev_guild_id)
+            return
         definition = json.dumps([c.to_dict(self.tree) for c in self.tree.get_commands()],
                                 sort_keys=True)
         digest = hashlib.sha256(definition.encode()).hexdigest()
@@ -102,11 +135,6 @@ class RemixerBot(commands.Bot):
             log.info("global commands synced")
         else:
             log.info("global commands unchanged; not synced")
-        if self.settings.dev_guild_id:
-            guild = discord.Object(self.settings.dev_guild_id)
-            self.tree.copy_global_to(guild=guild)
-            await self.tree.sync(guild=guild)
-            log.info("commands synced to guild %s", self.settings.dev_guild_id)
 
     async def close(self) -> None:
         # Jobs first, while Discord is still reachable for deliveries in progress.

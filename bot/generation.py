@@ -91,6 +91,12 @@ def quota_refusal(used: int, limit: int, asked: int, resets_at: dt.datetime) -> 
                            f"{when}.")
 
 
+def too_many_jobs(active: int) -> UserFacingError:
+    return UserFacingError(
+        f"You already have {active} jobs waiting or running, the most one member may have "
+        f"at once on this server. Try again when one is done.")
+
+
 class GenerationService:
     def __init__(self, settings: Settings, engine: JobEngine,
                  session: aiohttp.ClientSession, servers: Servers) -> None:
@@ -131,6 +137,9 @@ class GenerationService:
         if not self.engine.accepting:  # shutting down: start nothing (jobs written resume)
             raise UserFacingError("Remixer is restarting; try again in a minute.")
         r = request.requester
+        if r.guild_id is None:  # no server: no quota, member limit or channel list applies
+            raise UserFacingError("Remixer works only in a server that has added it; use it "
+                                  "in your server.")
         server = await self.servers.get(r.guild_id)
         self.servers.check_channel(server, r.channel_id)
         endpoint = self.resolve_endpoint(request.operation, request.endpoint,
@@ -143,6 +152,12 @@ class GenerationService:
         if quota.daily_limit is not None and usage.used + images > quota.daily_limit:
             self.engine.metrics.quota_refused("daily_limit")
             raise quota_refusal(usage.used, quota.daily_limit, images, usage.resets_at)
+        # Likewise the active-job cap: a refused command must cost no download or upload.
+        if quota.max_active is not None:
+            active = await self.servers.active_jobs(server, r.user_id)
+            if active >= quota.max_active:
+                self.engine.metrics.quota_refused("active_jobs")
+                raise too_many_jobs(active)
 
         image = await self._fetch_checked(request.image, "image")
         mask = await self._fetch_checked(request.mask, "mask") if request.mask else None
@@ -185,9 +200,7 @@ class GenerationService:
             raise quota_refusal(exc.used, exc.limit, exc.asked, next_reset()) from None
         except TooManyJobs as exc:
             self.engine.metrics.quota_refused("active_jobs")
-            raise UserFacingError(
-                f"You already have {exc.active} jobs waiting or running, the most one member "
-                f"may have at once on this server. Try again when one is done.") from None
+            raise too_many_jobs(exc.active) from None
 
     async def _fetch_checked(self, upload: Upload, label: str) -> CheckedImage:
         if upload.size is not None:

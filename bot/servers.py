@@ -27,6 +27,8 @@ class ServerSettings:
     default_model: str
     nsfw_policy: str  # in channels marked NSFW: "allow" (as is) or "spoiler"
     allowed_channels: tuple[int, ...]  # empty: every channel
+    cooldown_burst: int = 5  # actions in quick succession; 0: no cooldown
+    cooldown_seconds: float = 5.0  # then one action every this many seconds; 0: none
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,12 +70,16 @@ class Servers:
             default_model=value("default_model") or self.settings.default_model_id,
             nsfw_policy=value("nsfw_policy") or "allow",
             allowed_channels=tuple(json.loads(value("allowed_channels") or "[]")),
+            cooldown_burst=value("cooldown_burst") if value("cooldown_burst") is not None
+            else self.settings.cooldown_burst,
+            cooldown_seconds=value("cooldown_seconds") if value("cooldown_seconds") is not None
+            else self.settings.cooldown_seconds,
         )
 
     async def update(self, guild_id: int, by: int, **changes: object) -> ServerSettings:
         """Change some settings of a server (others keep their values)."""
         allowed = {"daily_limit", "max_active_jobs", "default_endpoint", "default_model",
-                   "nsfw_policy", "allowed_channels"}
+                   "nsfw_policy", "allowed_channels", "cooldown_burst", "cooldown_seconds"}
         unknown = set(changes) - allowed
         if unknown:
             raise ValueError(f"unknown server settings {sorted(unknown)}")
@@ -124,6 +130,14 @@ class Servers:
         rule = rule or await self.quota_rule(server, user_id)
         used = await self.store.images_used(user_id, server.guild_id, utc_day(now))
         return Usage(used=used, limit=rule.daily_limit, resets_at=next_reset(now))
+
+    async def active_jobs(self, server: ServerSettings, user_id: int) -> int:
+        """Jobs of the member on this server that are waiting or running (a quick look before
+        any work; the binding check is made when the job is written)."""
+        rows = await self.store.read(
+            "SELECT COUNT(*) FROM jobs WHERE guild_id IS ? AND user_id = ? AND status "
+            "IN ('queued', 'submitted', 'processing')", (server.guild_id, user_id))
+        return int(rows[0][0]) if rows else 0
 
     def check_channel(self, server: ServerSettings, channel_id: int) -> None:
         if server.allowed_channels and channel_id not in server.allowed_channels:

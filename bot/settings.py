@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     dev_guild_id: Annotated[int, Field(gt=0)] | None = None
     default_model_id: str = "pony_realism"
     daily_image_quota: Annotated[int, Field(ge=0)] = 20
+    # Per member: this many actions in quick succession, then one every this many seconds
+    # (servers can change both with /config cooldown; 0 turns the cooldown off).
+    cooldown_burst: Annotated[int, Field(ge=0, le=100)] = 5
+    cooldown_seconds: Annotated[float, Field(ge=0, le=3600)] = 5.0
     modelslab_max_concurrency: Annotated[int, Field(ge=1, le=100)] = 5
     log_level: LogLevel = "INFO"
     # For tests against a local Discord; never set in production.

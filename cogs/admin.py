@@ -69,11 +69,19 @@ def describe_server(server: ServerSettings, overrides: list[tuple[int, int | Non
         + (" (posted as they are)" if server.nsfw_policy == "allow" else " (posted hidden)")
         + "; elsewhere the safety checker is always on",
         f"Remixer works in: {channels}",
+        f"Cooldown: {describe_cooldown(server.cooldown_burst, server.cooldown_seconds)}",
     ]
     if overrides:
         lines.append("Member limits: " + ", ".join(
             f"<@{user}>: {'unlimited' if limit is None else limit}" for user, limit in overrides))
     return "\n".join(lines)
+
+
+def describe_cooldown(burst: int, seconds: float) -> str:
+    if burst <= 0 or seconds <= 0:
+        return "**off**"
+    return (f"up to **{burst}** action{'s' if burst != 1 else ''} in quick succession, then "
+            f"one every **{seconds:g}** s")
 
 
 def history_page(jobs: list[Job], page: int, total: int) -> str:
@@ -285,6 +293,25 @@ class Admin(commands.Cog):
         where = (", ".join(f"<#{c}>" for c in updated.allowed_channels)
                  if updated.allowed_channels else "every channel")
         await self._done(interaction, f"Remixer now works in: {where}.")
+
+    @config.command(name="cooldown",
+                    description="How fast one member may start jobs (0 turns the cooldown off)")
+    @app_commands.describe(burst="Actions in quick succession (default 5; 0: no cooldown)",
+                           seconds="Then one action every this many seconds (default 5; "
+                                   "0: no cooldown)")
+    async def config_cooldown(self, interaction: discord.Interaction,
+                              burst: app_commands.Range[int, 0, 100],
+                              seconds: app_commands.Range[float, 0.0, 3600.0]) -> None:
+        require_manage(interaction)
+        if not 0 <= burst <= 100:
+            raise UserFacingError("burst must be a whole number from 0 to 100.")
+        if not 0 <= seconds <= 3600:
+            raise UserFacingError("seconds must be a number from 0 to 3600.")
+        updated = await self.servers.update(interaction.guild_id, interaction.user.id,
+                                            cooldown_burst=burst, cooldown_seconds=seconds)
+        cooldown = describe_cooldown(updated.cooldown_burst, updated.cooldown_seconds)
+        await self._done(interaction, f"Each member's cooldown is now: {cooldown}. Refused "
+                                      f"commands don't count.")
 
 
 async def setup(bot: RemixerBot) -> None:

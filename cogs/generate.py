@@ -104,16 +104,34 @@ async def host_on_interaction(interaction: discord.Interaction,
                               "again.") from None
 
 
+async def take_turn(bot: RemixerBot, interaction: discord.Interaction,
+                    guild_id: int | None) -> bool:
+    """The member's cooldown, before anything else (the interaction is not answered yet):
+    False when they must wait, and they have been told privately until when."""
+    assert bot.cooldowns is not None
+    try:
+        await bot.cooldowns.check(guild_id, interaction.user.id)
+    except UserFacingError as exc:
+        await interaction.response.send_message(str(exc), ephemeral=True)
+        return False
+    return True
+
+
 async def start_job(bot: RemixerBot, interaction: discord.Interaction,
                     request: GenerationRequest) -> Job | None:
-    """Run a request for an interaction that is already deferred (privately)."""
-    assert bot.generation is not None
+    """Run a request for an interaction that is already deferred (privately), and that
+    passed the cooldown (``take_turn``): refused, it gives its turn back."""
+    assert bot.generation is not None and bot.cooldowns is not None
     try:
         job = await bot.generation.start(
             request, host=lambda files: host_on_interaction(interaction, files))
     except UserFacingError as exc:
+        bot.cooldowns.refund(request.requester.guild_id, request.requester.user_id)
         await interaction.edit_original_response(content=str(exc), attachments=[])
         return None
+    except BaseException:
+        bot.cooldowns.refund(request.requester.guild_id, request.requester.user_id)
+        raise
     # The engine shows the job's status in this response from here on (it may be done
     # already), so nothing more is written to it here.
     return job
@@ -124,6 +142,8 @@ class Generate(commands.Cog):
         self.bot = bot
 
     @app_commands.command(name="img2img", description="Transform an image with a prompt")
+    @app_commands.allowed_contexts(guilds=True, dms=False, private_channels=False)
+    @app_commands.allowed_installs(guilds=True, users=False)
     @app_commands.describe(**{k: v for k, v in DESCRIPTIONS.items() if k != "mask"})
     @app_commands.choices(endpoint=ENDPOINT_CHOICES)
     async def img2img(
@@ -145,6 +165,8 @@ class Generate(commands.Cog):
         clip_skip: app_commands.Range[int, CLIP[0], CLIP[1]] | None = None,
         karras: bool | None = None,
     ) -> None:
+        if not await take_turn(self.bot, interaction, interaction.guild_id):
+            return
         await interaction.response.defer(ephemeral=True, thinking=True)
         options = GenerationOptions(
             prompt=prompt, negative_prompt=negative_prompt, strength=strength, model=model,
@@ -157,6 +179,8 @@ class Generate(commands.Cog):
             requester=requester_of(interaction), nsfw_channel=is_nsfw_channel(interaction)))
 
     @app_commands.command(name="inpaint", description="Repaint the white part of a mask")
+    @app_commands.allowed_contexts(guilds=True, dms=False, private_channels=False)
+    @app_commands.allowed_installs(guilds=True, users=False)
     @app_commands.describe(**{k: v for k, v in DESCRIPTIONS.items()
                               if k not in ("endpoint", "karras")})
     async def inpaint(
@@ -177,6 +201,8 @@ class Generate(commands.Cog):
         seed: app_commands.Range[int, SEED[0], SEED[1]] | None = None,
         clip_skip: app_commands.Range[int, CLIP[0], CLIP[1]] | None = None,
     ) -> None:
+        if not await take_turn(self.bot, interaction, interaction.guild_id):
+            return
         await interaction.response.defer(ephemeral=True, thinking=True)
         options = GenerationOptions(
             prompt=prompt, negative_prompt=negative_prompt, strength=strength, model=model,

@@ -7,9 +7,12 @@ so they keep working after a restart and on results days old.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+import time
 from typing import TYPE_CHECKING
+from urllib.parse import parse_qs, urlsplit
 
 import discord
 from discord import app_commands
@@ -18,10 +21,10 @@ from discord.ext import commands
 from bot.components import DELETE_TEMPLATE, REMIX_TEMPLATE, REROLL_TEMPLATE
 from bot.errors import UserFacingError
 from bot.generation import GenerationRequest, Upload
-from bot.jobs.models import Job
+from bot.jobs.models import Job, Requester
 from bot.modelslab.catalogue import INPAINT, Operation
 from bot.modelslab.payload import GenerationOptions
-from cogs.generate import is_nsfw_channel, requester_of, start_job, upload_of
+from cogs.generate import is_nsfw_channel, requester_of, start_job, take_turn, upload_of
 
 if TYPE_CHECKING:
     from bot.app import RemixerBot
@@ -47,26 +50,109 @@ async def source_job(interaction: discord.Interaction, track_id: str) -> Job | N
     return job
 
 
+NO_SERVER = ("This result was not made in a server, so there are no server rules to make "
+             "another one under. Use Remixer in your server instead.")
+
+
+def requester_for(interaction: discord.Interaction, job: Job) -> Requester | None:
+    """Who asks, and under which server's rules. A button on a result acts for the server the
+    job came from, also on a result delivered by direct message: there the new job is
+    checked and charged under that server and posted in its channel (status updates, which
+    would go to the DM, are left out). None: the job came from no server."""
+    if interaction.guild_id is not None:
+        return requester_of(interaction)
+    if job.requester.guild_id is None:
+        return None
+    return Requester(user_id=interaction.user.id, guild_id=job.requester.guild_id,
+                     channel_id=job.requester.channel_id)
+
+
+async def start_for(interaction: discord.Interaction, request: GenerationRequest) -> None:
+    job = await start_job(bot_of(interaction), interaction, request)
+    if job is not None and interaction.guild_id is None:
+        await interaction.edit_original_response(
+            content=f"Queued: the result will be posted in <#{request.requester.channel_id}>.")
+
+
 def endpoint_for_remix(job: Job) -> str:
     # A remix has no mask: an inpainting result is remixed with the v6 img2img endpoint.
     return "v6" if job.endpoint == INPAINT.name else job.endpoint
 
 
-async def refreshed(bot: RemixerBot, *urls: str | None) -> list[str | None]:
-    """Discord's attachment links expire after about a day; a re-roll of an older result asks
-    Discord for fresh links to the same files (the old ones are kept if it cannot)."""
-    wanted = [u for u in urls if u]
-    if not wanted:
-        return list(urls)
+# A link with less time left than this is refreshed before use: ModelsLab may fetch it a while
+# after the job is queued.
+REFRESH_MARGIN = 30 * 60
+MAX_CACHED_LINKS = 2_000
+_fresh_links: dict[str, tuple[str, float]] = {}  # stored link -> (refreshed link, expires at)
+_refreshing = asyncio.Lock()  # clicks at once wait for one refresh instead of each asking
+
+
+def link_expiry(url: str) -> float | None:
+    """When a Discord CDN link stops working (its ``ex`` parameter, hex Unix time); None for
+    a link that carries none."""
     try:
-        data = await bot.http.request(discord.http.Route("POST", "/attachments/refresh-urls"),
-                                      json={"attachment_urls": wanted})
-    except discord.HTTPException as exc:
-        log.info("attachment links not refreshed (%s)", exc.status)
-        return list(urls)
-    fresh = {item.get("original"): item.get("refreshed")
-             for item in (data or {}).get("refreshed_urls", [])}
-    return [fresh.get(u) or u if u else u for u in urls]
+        return float(int(parse_qs(urlsplit(url).query)["ex"][0], 16))
+    except (KeyError, IndexError, ValueError):
+        return None
+
+
+def usable(url: str, now: float) -> bool:
+    expiry = link_expiry(url)
+    return expiry is None or expiry - now > REFRESH_MARGIN
+
+
+async def refreshed(bot: RemixerBot, *urls: str | None,
+                    discord_now: float = 0.0) -> list[str | None]:
+    """Discord's attachment links expire after about a day; a re-roll of an older result asks
+    Discord for fresh links to the same files (the old ones are kept if it cannot). Only links
+    expired or near expiry are refreshed, and a refreshed link is reused for its lifetime, so
+    clicking Re-roll again and again does not spend the bot's Discord rate limit.
+    ``discord_now``: Discord's clock (an interaction's time), which the links' expiry follows;
+    the later of it and this machine's clock is used, so a skewed clock errs on refreshing."""
+    now = max(time.time(), discord_now)
+    chosen: dict[str, str] = {}
+
+    def still_wanted() -> list[str]:
+        wanted = []
+        for url in urls:
+            if not url or url in chosen:
+                continue
+            cached = _fresh_links.get(url)
+            if usable(url, now):
+                chosen[url] = url
+            elif cached is not None and cached[1] - now > REFRESH_MARGIN:
+                chosen[url] = cached[0]
+            else:
+                wanted.append(url)
+        return wanted
+
+    if not still_wanted():
+        return [chosen.get(u, u) if u else u for u in urls]
+    async with _refreshing:
+        wanted = still_wanted()  # another click may have refreshed them meanwhile
+        if not wanted:
+            return [chosen.get(u, u) if u else u for u in urls]
+        try:
+            data = await bot.http.request(
+                discord.http.Route("POST", "/attachments/refresh-urls"),
+                json={"attachment_urls": wanted})
+        except discord.HTTPException as exc:
+            log.info("attachment links not refreshed (%s)", exc.status)
+            data = None
+        for item in (data or {}).get("refreshed_urls", []):
+            original, fresh = item.get("original"), item.get("refreshed")
+            if original in wanted and isinstance(fresh, str) and fresh:
+                chosen[original] = fresh
+                expiry = link_expiry(fresh)
+                if expiry is not None:
+                    _fresh_links[original] = (fresh, expiry)
+        if len(_fresh_links) > MAX_CACHED_LINKS:
+            for key, (_, expiry) in list(_fresh_links.items()):
+                if expiry <= now:
+                    del _fresh_links[key]
+            while len(_fresh_links) > MAX_CACHED_LINKS:
+                del _fresh_links[next(iter(_fresh_links))]
+    return [chosen.get(u, u) if u else u for u in urls]
 
 
 class RemixModal(discord.ui.Modal):
@@ -78,16 +164,18 @@ class RemixModal(discord.ui.Modal):
         super().__init__(title=title, timeout=15 * 60)
         self.image = image
         self.source = source
-        self.prompt = discord.ui.TextInput(label="Prompt", default=prompt[:2000] or None,
+        # Each input sits in a Label (Discord's current modal layout, not action rows).
+        self.prompt = discord.ui.TextInput(default=prompt[:2000] or None,
                                            max_length=2000, style=discord.TextStyle.paragraph)
-        self.negative = discord.ui.TextInput(label="Negative prompt", required=False,
+        self.negative = discord.ui.TextInput(required=False,
                                              default=negative_prompt[:2000] or None,
                                              max_length=2000, style=discord.TextStyle.paragraph)
         self.strength = discord.ui.TextInput(
-            label="Strength (0 keeps the image, 1 ignores it)", required=False, max_length=6,
+            required=False, max_length=6,
             default=f"{strength:g}" if strength is not None else None, placeholder="0.7")
-        for item in (self.prompt, self.negative, self.strength):
-            self.add_item(item)
+        for text, item in (("Prompt", self.prompt), ("Negative prompt", self.negative),
+                           ("Strength (0 keeps the image, 1 ignores it)", self.strength)):
+            self.add_item(discord.ui.Label(text=text, component=item))
 
     async def on_submit(self, interaction: discord.Interaction) -> None:
         strength: float | None = None
@@ -99,6 +187,14 @@ class RemixModal(discord.ui.Modal):
                     f"strength must be a number between 0 and 1, not {self.strength.value!r}.",
                     ephemeral=True)
                 return
+        requester = (requester_for(interaction, self.source) if self.source
+                     else requester_of(interaction) if interaction.guild_id else None)
+        if requester is None:
+            await interaction.response.send_message(NO_SERVER, ephemeral=True)
+            return
+        bot = bot_of(interaction)
+        if not await take_turn(bot, interaction, requester.guild_id):
+            return
         await interaction.response.defer(ephemeral=True, thinking=True)
         kept = {k: v for k, v in (self.source.options if self.source else {}).items()
                 if k in KEPT_OPTIONS}
@@ -108,15 +204,17 @@ class RemixModal(discord.ui.Modal):
         try:
             options = GenerationOptions(**kept)
         except ValueError:
+            assert bot.cooldowns is not None
+            bot.cooldowns.refund(requester.guild_id, requester.user_id)
             await interaction.edit_original_response(content="Those values can't be used.")
             return
         request = GenerationRequest(
             operation=Operation.IMG2IMG, options=options, image=self.image,
             endpoint=endpoint_for_remix(self.source) if self.source else None,
-            requester=requester_of(interaction), nsfw_channel=is_nsfw_channel(interaction),
+            requester=requester, nsfw_channel=is_nsfw_channel(interaction),
             parent_track_id=self.source.track_id if self.source else None,
             extra={"remix_of": self.source.track_id} if self.source else {})
-        await start_job(bot_of(interaction), interaction, request)
+        await start_for(interaction, request)
 
     async def on_error(self, interaction: discord.Interaction, error: Exception) -> None:
         log.error("remix modal failed", exc_info=error)
@@ -141,6 +239,9 @@ class RemixButton(discord.ui.DynamicItem[discord.ui.Button], template=REMIX_TEMP
     async def callback(self, interaction: discord.Interaction) -> None:
         job = await source_job(interaction, self.track_id)
         if job is None:
+            return
+        if requester_for(interaction, job) is None:
+            await interaction.response.send_message(NO_SERVER, ephemeral=True)
             return
         attachments = interaction.message.attachments if interaction.message else []
         if self.index >= len(attachments):
@@ -167,21 +268,30 @@ class RerollButton(discord.ui.DynamicItem[discord.ui.Button], template=REROLL_TE
         job = await source_job(interaction, self.track_id)
         if job is None:
             return
+        requester = requester_for(interaction, job)
+        if requester is None:
+            await interaction.response.send_message(NO_SERVER, ephemeral=True)
+            return
+        # The cooldown comes first: a storm of clicks costs neither work nor Discord calls.
+        if not await take_turn(bot_of(interaction), interaction, requester.guild_id):
+            return
         await interaction.response.defer(ephemeral=True, thinking=True)
         options = {k: v for k, v in job.options.items() if k in GenerationOptions.model_fields}
         options["seed"] = None  # same settings, new seed
         image_url = job.options.get("image_url") or job.payload["init_image"]
         mask_url = job.options.get("mask_url")
-        image_url, mask_url = await refreshed(bot_of(interaction), image_url, mask_url)
+        image_url, mask_url = await refreshed(
+            bot_of(interaction), image_url, mask_url,
+            discord_now=interaction.created_at.timestamp())
         request = GenerationRequest(
             operation=Operation.INPAINT if job.endpoint == INPAINT.name else Operation.IMG2IMG,
             options=GenerationOptions(**options),
             image=Upload(url=image_url, filename="image"),
             mask=Upload(url=mask_url, filename="mask.png") if mask_url else None,
-            endpoint=job.endpoint, requester=requester_of(interaction),
+            endpoint=job.endpoint, requester=requester,
             nsfw_channel=is_nsfw_channel(interaction), parent_track_id=job.track_id,
             extra={k: v for k, v in job.options.items() if k == "remix_of"})
-        await start_job(bot_of(interaction), interaction, request)
+        await start_for(interaction, request)
 
 
 class DeleteButton(discord.ui.DynamicItem[discord.ui.Button], template=DELETE_TEMPLATE):
@@ -217,6 +327,8 @@ class DeleteButton(discord.ui.DynamicItem[discord.ui.Button], template=DELETE_TE
 
 
 @app_commands.context_menu(name="Remix image")
+@app_commands.allowed_contexts(guilds=True, dms=False, private_channels=False)
+@app_commands.allowed_installs(guilds=True, users=False)
 async def remix_message(interaction: discord.Interaction, message: discord.Message) -> None:
     image = next((a for a in message.attachments
                   if (a.content_type or "").startswith("image/") or IMAGE_NAME.search(a.filename)),

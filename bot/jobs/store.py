@@ -133,6 +133,11 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE jobs ADD COLUMN awaiting_webhook INTEGER NOT NULL DEFAULT 0;
     CREATE INDEX jobs_active ON jobs(status, awaiting_webhook) WHERE status != 'delivered';
     """,
+    # 4: each server's member cooldown (NULL: the bot's defaults).
+    """
+    ALTER TABLE guild_settings ADD COLUMN cooldown_burst INTEGER;
+    ALTER TABLE guild_settings ADD COLUMN cooldown_seconds REAL;
+    """,
 )
 # Migrations after which the file is rewritten once (VACUUM cannot run in a transaction):
 # 3 turns on incremental auto-vacuum for a database created before it was the default.

@@ -12,7 +12,8 @@ def run_bot(tmp_path, env: dict[str, str] | None = None, dotenv: str | None = No
         (tmp_path / ".env").write_text(dotenv)
     clean = {k: v for k, v in os.environ.items()
              if not k.startswith(("DISCORD_", "MODELSLAB_", "WEB_", "PUBLIC_", "DATABASE_",
-                                  "DEV_GUILD", "DEFAULT_MODEL", "DAILY_", "LOG_LEVEL"))}
+                                  "DEV_GUILD", "DEFAULT_MODEL", "DAILY_", "LOG_LEVEL",
+                                  "COOLDOWN_"))}
     return subprocess.run(
         [sys.executable, "-m", "bot"], cwd=tmp_path, env={**clean, **(env or {})},
         capture_output=True, text=True, timeout=30,

@@ -51,6 +51,9 @@ def bot_settings(discord_fake: FakeDiscord, modelslab: FakeModelsLab, tmp_path, 
         "METRICS_PORT": str(free_port()),
         "DATABASE_PATH": str(tmp_path / "bot.sqlite3"),
         "LOG_LEVEL": "INFO",
+        # Tests act faster than any member: the cooldown is tested on its own
+        # (tests/abuse/test_server_rules.py), with the bot's defaults.
+        "COOLDOWN_BURST": "0",
     }
     if enterprise:
         env["MODELSLAB_ENTERPRISE_API_KEY"] = modelslab.enterprise_key

@@ -202,6 +202,9 @@ CB_MESSAGE, CB_DEFERRED, CB_DEFERRED_UPDATE, CB_UPDATE, CB_AUTOCOMPLETE, CB_MODA
 MT_DEFAULT, MT_REPLY, MT_CHAT_INPUT, MT_CONTEXT_MENU = 0, 19, 20, 23
 
 _PRIVATE_KEYS = frozenset({"files", "deleted"})
+# A hidden guild holding the rooms members use in their direct messages with the bot (see
+# FakeDiscord.dm_channel); never announced to a bot, and interactions from it carry no guild.
+_DM_ROOMS = 0
 _SELECT_TYPES = frozenset({3, 5, 6, 7, 8})
 _COMMAND_NAME = re.compile(r"^[-_'\w]{1,32}$")
 
@@ -1418,7 +1421,8 @@ class FakeDiscord:
             "user": {**self.bot_user.to_dict(), "verified": True, "mfa_enabled": False,
                      "email": None, "bio": ""},
             "user_settings": {},
-            "guilds": [{"id": str(g), "unavailable": True} for g in self._guilds],
+            "guilds": [{"id": str(g), "unavailable": True} for g in self._guilds
+                       if g != _DM_ROOMS],
             "session_id": session.session_id,
             "session_type": "normal",
             "resume_gateway_url": self.gateway_url,
@@ -1436,6 +1440,8 @@ class FakeDiscord:
         last = session.dispatch("READY", ready)
         if intents & Intent.GUILDS:
             for guild in self._guilds.values():
+                if guild.id == _DM_ROOMS:
+                    continue
                 last = session.dispatch("GUILD_CREATE", guild.create_dict())
         self._spawn(self._mark_ready(session, last))
 
@@ -2014,7 +2020,9 @@ class FakeDiscord:
                 "id": str(interaction.id),
                 "type": interaction.type,
                 "user": user,
-                "authorizing_integration_owners": {"0": str(interaction.guild_id)},
+                "authorizing_integration_owners": dict(
+                    interaction.payload.get("authorizing_integration_owners")
+                    or {"0": str(interaction.guild_id)}),
             }
             if interaction.type == IX_COMMAND and interaction.name:
                 metadata["name"] = interaction.name
@@ -2633,6 +2641,7 @@ class FakeDiscord:
         name: str | None = None,
         command_type: int | None = None,
         source_message_id: int | None = None,
+        integration_owners: Mapping[str, str] | None = None,
     ) -> InteractionRecord:
         session = self.active_session()
         if session is None:
@@ -2668,9 +2677,22 @@ class FakeDiscord:
         }
         if message is not None:
             payload["message"] = self._public(message)
+        if integration_owners is not None:
+            payload["authorizing_integration_owners"] = dict(integration_owners)
+        if guild.id == _DM_ROOMS:  # from a direct message: no guild, no member, context 1
+            user = self._users[user_id].to_dict()
+            for key in ("guild", "guild_id", "guild_locale", "member"):
+                payload.pop(key)
+            payload["user"] = user
+            payload["channel"] = {"id": str(channel.id), "type": 1, "flags": 0,
+                                  "last_message_id": None, "recipients": [user]}
+            payload["context"] = 1
+            if integration_owners is None:
+                payload["authorizing_integration_owners"] = {"0": "0"}
         rec = InteractionRecord(
             self, interaction_id=iid, token=token, type=kind, user_id=user_id,
-            channel_id=channel.id, guild_id=guild.id, payload=payload, name=name,
+            channel_id=channel.id, guild_id=None if guild.id == _DM_ROOMS else guild.id,
+            payload=payload, name=name,
             command_type=command_type, source_message_id=source_message_id,
         )
         self.interactions.append(rec)
@@ -2867,6 +2889,7 @@ class FakeDiscord:
         options: Mapping[str, Any] | None = None,
         *,
         client_checks: bool = True,
+        user_install: bool = False,
     ) -> InteractionRecord:
         """A member runs a slash command. ``name`` may name a subcommand ("config show", or
         "config group sub"); or pass ``options={"show": {...}}``. Option values: str, int,
@@ -2877,8 +2900,84 @@ class FakeDiscord:
         False sends the payload anyway, to test the bot's own validation."""
         data, path = self._command_data(name, options, channel_id, user_id, focused=None,
                                         client_checks=client_checks)
+        if user_install:  # through the member's own install of the app, not the server's
+            if client_checks and 1 not in (self._find_command(
+                    name.split()[0], 1, self._channels[channel_id].guild_id
+            ).get("integration_types") or [0]):
+                raise ClientRefused(f"{name!r} cannot be used as a user-installed app")
+            return await self._send_interaction(
+                IX_COMMAND, user_id, channel_id, data, name=path, command_type=1,
+                integration_owners={"1": str(user_id)})
         return await self._send_interaction(IX_COMMAND, user_id, channel_id, data, name=path,
                                             command_type=1)
+
+    # ---------------------------------------------------------------- direct messages
+
+    def dm_channel(self, user_id: int) -> int:
+        """The member's direct-message channel with the bot (created if needed). The bot's
+        messages to it land in ``direct_messages``; the member can also use commands
+        (:meth:`dm_slash`) and buttons there: those interactions carry no guild, as
+        Discord sends them from a DM."""
+        dm_id = next((c for c, u in self._dm_channels.items() if u == user_id), None)
+        if dm_id is None:
+            dm_id = self._snowflake()
+            self._dm_channels[dm_id] = user_id
+        if dm_id not in self._channels:
+            rooms = self._guilds.get(_DM_ROOMS)
+            if rooms is None:
+                rooms = FakeGuild(_DM_ROOMS, "direct messages", self.bot_user_id, self._iso())
+                rooms.roles[_DM_ROOMS] = FakeRole(_DM_ROOMS, "@everyone",
+                                                  DEFAULT_EVERYONE_PERMISSIONS)
+                self._guilds[_DM_ROOMS] = rooms
+            rooms.members.setdefault(user_id, FakeMember(_DM_ROOMS, self.user(user_id), [],
+                                                         self._iso()))
+            channel = FakeChannel(dm_id, _DM_ROOMS, f"dm-{user_id}", type=1)
+            rooms.channels[dm_id] = channel
+            self._channels[dm_id] = channel
+        return dm_id
+
+    async def dm_slash(
+        self,
+        user_id: int,
+        name: str,
+        options: Mapping[str, Any] | None = None,
+        *,
+        client_checks: bool = True,
+        user_install: bool = False,
+    ) -> InteractionRecord:
+        """A member runs a global command in their DM with the bot. ``client_checks``:
+        refused (:class:`ClientRefused`) when the command's ``contexts`` leave out bot DMs
+        (1), as the official client hides it; False sends it anyway."""
+        dm_id = self.dm_channel(user_id)
+        cmd = self._find_command(name.split()[0], 1, _DM_ROOMS)
+        if client_checks:
+            contexts = cmd.get("contexts")
+            if contexts is not None and 1 not in contexts:
+                raise ClientRefused(f"{cmd['name']!r} is not available in direct messages")
+            if user_install and 1 not in (cmd.get("integration_types") or [0]):
+                raise ClientRefused(f"{cmd['name']!r} cannot be used as a user-installed app")
+        data, path = self._command_data(name, options, dm_id, user_id, focused=None,
+                                        client_checks=False)
+        return await self._send_interaction(
+            IX_COMMAND, user_id, dm_id, data, name=path, command_type=1,
+            integration_owners={"1": str(user_id)} if user_install else None)
+
+    def forward_to_dm(self, user_id: int, message: dict[str, Any] | int | str) -> dict[str, Any]:
+        """A copy of a message (content, attachments, buttons) in the member's DM with the
+        bot, as a result delivered by direct message would be; :meth:`click` works on it."""
+        source = self._live_message(message)
+        dm_id = self.dm_channel(user_id)
+        mid = self._snowflake()
+        forwarded = copy.deepcopy(source)
+        for key in ("interaction_metadata", "interaction", "webhook_id", "application_id"):
+            forwarded.pop(key, None)
+        forwarded.update(id=str(mid), channel_id=str(dm_id), flags=0)
+        self._channels[dm_id].messages.append(forwarded)
+        self._messages[mid] = forwarded
+        self._history[mid] = [self._public(forwarded)]
+        self._touched[mid] = time.monotonic()
+        self._notify()
+        return forwarded
 
     async def autocomplete(
         self,
