@@ -10,6 +10,7 @@ from aiohttp import web
 from bot.jobs.engine import WEBHOOK_ROUTE, JobEngine
 from bot.web.health import healthz, metrics
 from bot.web.keys import ENGINE
+from bot.web.paint import add_routes as add_paint_routes
 from bot.web.webhooks import (
     MAX_WEBHOOK_BYTES,
     OUTPUT_HOST_SUFFIXES,
@@ -29,6 +30,7 @@ def create_app(engine: JobEngine) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_post(WEBHOOK_ROUTE, modelslab_webhook)
+    add_paint_routes(app)  # the mask painter (answers only once the bot sets its painter)
     return app
 
 
@@ -36,6 +38,7 @@ class WebServer:
     """The app on an ``AppRunner``/``TCPSite``, inside the bot's own event loop."""
 
     def __init__(self, app: web.Application, host: str, port: int) -> None:
+        self.app = app
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
                                      shutdown_timeout=5)
         self._host, self._port = host, port
