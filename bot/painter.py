@@ -46,8 +46,8 @@ log = logging.getLogger(__name__)
 LINK_LIFETIME = 15 * 60  # a Discord interaction token's life: the mask is hosted through it
 SUBMIT_MARGIN = 60.0  # the hosting edit needs the token alive: submitting closes this early
 KEEP_EXPIRED = 24 * 3600  # expired links are remembered a day, to say "expired", not "invalid"
-# What a painter job keeps of its source's settings (the page sets prompt, negative prompt,
-# strength and samples).
+# What a painter job keeps of its source job's settings (the page sets prompt, negative
+# prompt, strength and samples; the image, hence size and seed, is new).
 KEPT_OPTIONS = ("model", "steps", "guidance_scale", "scheduler", "clip_skip")
 FORM_FIELDS = ("prompt", "negative_prompt", "strength", "samples")
 
@@ -165,8 +165,9 @@ class Painter:
     async def create(self, requester: Requester, image: Upload, *, mask_url: str | None = None,
                      source: Job | None = None, options: dict[str, Any] | None = None,
                      nsfw_channel: bool = False) -> str:
-        """A new link's token (put it after ``/paint/``). ``options``: the form's defaults
-        (prompt, negative prompt, strength, samples) and settings kept for the job."""
+        """A new link's token (put it after ``/paint/``). ``options``: the command's options:
+        the form's defaults (prompt, negative prompt, strength, samples) and the rest, kept
+        for the job; from a ``source`` job only its prompt and KEPT_OPTIONS are kept."""
         now = time.time()
         token = secrets.token_urlsafe(32)
         kept: dict[str, Any] = {}
@@ -174,7 +175,8 @@ class Painter:
             kept.update({k: v for k, v in source.options.items()
                          if k in (*KEPT_OPTIONS, "negative_prompt", "strength")})
             kept["prompt"] = source.prompt
-        kept.update({k: v for k, v in (options or {}).items() if v is not None})
+        kept.update({k: v for k, v in (options or {}).items()
+                     if v is not None and k in GenerationOptions.model_fields})
         expires = requester.token_expires_at or now + LINK_LIFETIME
         await self.store.write("DELETE FROM paint_links WHERE expires_at < ?",
                                (now - KEEP_EXPIRED,))
@@ -268,7 +270,9 @@ class Painter:
         prompt = (form.get("prompt") or "").strip()
         if not prompt:
             raise FormRefused("Write a prompt: what the painted region should show.")
-        kept = {k: v for k, v in link.options.items() if k in KEPT_OPTIONS}
+        # The link keeps only options a job may take (see ``create``); the form's own win.
+        kept = {k: v for k, v in link.options.items()
+                if k in GenerationOptions.model_fields and k not in FORM_FIELDS}
         try:
             return GenerationOptions(
                 **kept, prompt=prompt,

@@ -181,8 +181,9 @@ class Generate(commands.Cog):
             from cogs.paint import offer_painter
             await offer_painter(interaction, [upload_of(image)], options=dict(
                 prompt=prompt, negative_prompt=negative_prompt, strength=strength,
-                model=model, samples=samples, steps=steps, guidance_scale=guidance_scale,
-                scheduler=scheduler, clip_skip=clip_skip))
+                model=model, width=width, height=height, samples=samples, steps=steps,
+                guidance_scale=guidance_scale, scheduler=scheduler, seed=seed,
+                clip_skip=clip_skip))
             return
         await interaction.response.defer(ephemeral=True, thinking=True)
         options = GenerationOptions(

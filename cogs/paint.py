@@ -21,7 +21,7 @@ from bot.generation import GenerationRequest, HostedFile, HostFiles, Upload
 from bot.jobs.models import Job
 from bot.modelslab.catalogue import INPAINT, Operation
 from bot.modelslab.payload import GenerationOptions
-from bot.painter import Painter, PaintLink
+from bot.painter import KEPT_OPTIONS, Painter, PaintLink
 from bot.web.paint import PAINTER
 from cogs.generate import is_nsfw_channel, requester_of, start_job, upload_of
 from cogs.remix import IMAGE_NAME, refreshed
@@ -164,9 +164,12 @@ class PaintModal(discord.ui.Modal):
                                                     ephemeral=True)
             return
         await interaction.response.defer(ephemeral=True, thinking=True)
-        kept = {k: v for k, v in {**(self.source.options if self.source else {}),
-                                  **self.options}.items()
-                if k in GenerationOptions.model_fields and k not in ("seed", "width", "height")}
+        # From a source job, its settings but not its size or seed; from /inpaint, all of
+        # the command's options.
+        kept = {k: v for k, v in (self.source.options if self.source else {}).items()
+                if k in KEPT_OPTIONS}
+        kept.update({k: v for k, v in self.options.items()
+                     if v is not None and k in GenerationOptions.model_fields})
         kept.update(prompt=self.prompt.value, negative_prompt=self.negative.value.strip() or None,
                     strength=strength if strength is not None else kept.get("strength"))
         try:

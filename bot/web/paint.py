@@ -9,6 +9,7 @@ submitting also needs the per-page nonce in a header and a same-origin request.
 
 from __future__ import annotations
 
+import hmac
 import html
 import logging
 from dataclasses import dataclass
@@ -168,7 +169,7 @@ async def paint_submit(request: web.Request) -> web.Response:
         return _json(403, {"error": "Submit from the painter page itself."})
     nonce = request.headers.get(NONCE_HEADER)
     browser = request.cookies.get(COOKIE)
-    if not nonce or not browser or nonce != browser:
+    if not nonce or not browser or not hmac.compare_digest(nonce, browser):
         return _json(403, {"error": "This page is out of date; open the painter link again."})
     try:
         painter = _painter(request)

@@ -76,9 +76,11 @@ async def browser():
     await b.close()
 
 
-async def inpaint_link(world, channel: int, prompt: str, size=(512, 512), user=ALICE) -> str:
+async def inpaint_link(world, channel: int, prompt: str, size=(512, 512), user=ALICE,
+                       **options) -> str:
     ix = await world.discord.slash(user, channel, "inpaint",
-                                   {"image": world.image(size=size), "prompt": prompt})
+                                   {"image": world.image(size=size), "prompt": prompt,
+                                    **options})
     answer = await ix.response()
     assert answer["type"] == 4 and ix.ephemeral  # answered at once, privately
     (link,) = painter_links(answer)
@@ -106,7 +108,7 @@ async def test_inpaint_without_a_mask_gives_a_private_painter_link(world, browse
 
 async def test_a_painted_mask_runs_an_inpaint_job_posted_in_the_channel(world, browser):
     channel = world.channel()
-    link = await inpaint_link(world, channel, "a round window")
+    link = await inpaint_link(world, channel, "a round window", seed=4242)
     await browser.open(link)
     status, answer = await browser.submit(link, mask_png((512, 512), (100, 100, 300, 260)),
                                           prompt="a round window", samples="1")
@@ -116,6 +118,7 @@ async def test_a_painted_mask_runs_an_inpaint_job_posted_in_the_channel(world, b
     assert f"<@{ALICE}>" in message["content"]
     (sent,) = submits_with(world, "a round window")
     assert sent.path == "/api/v6/images/inpaint"
+    assert sent.body["seed"] == 4242  # the command's other options are kept
     mask = Image.open(io.BytesIO(world.discord.file_at(sent.body["mask_image"])))
     assert mask.size == (512, 512) and mask.mode == "L"
     assert mask.getpixel((200, 180)) == 255 and mask.getpixel((50, 50)) == 0
