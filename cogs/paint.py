@@ -65,7 +65,9 @@ def result_track_id(bot: RemixerBot, message: discord.Message) -> str | None:
 
 def host_through(bot: RemixerBot) -> Any:
     """Hosting for a painter job: the mask is uploaded with the private response that gave
-    the link (its interaction token lives as long as the link)."""
+    the link (its interaction token lives as long as the link; submitting closes a minute
+    before it dies, see bot.painter.SUBMIT_MARGIN). That response keeps its link buttons: a
+    result with several images has one link per image."""
     def host_for(link: PaintLink) -> HostFiles:
         async def host(files: list[HostedFile]) -> list[str]:
             if not link.interaction_token or not link.application_id:
@@ -75,7 +77,7 @@ def host_through(bot: RemixerBot) -> Any:
                                               client=bot)
             try:
                 message = await webhook.edit_message(
-                    "@original", content="Preparing your images…", view=None,
+                    "@original", content="Preparing your images…",
                     attachments=[discord.File(io.BytesIO(f.data), filename=f.filename)
                                  for f in files])
             except discord.HTTPException as exc:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import re
 import sqlite3
+import time
 
 import aiohttp
 import pytest
@@ -74,6 +75,14 @@ async def browser():
     b = Browser()
     yield b
     await b.close()
+
+
+def set_expiry(world, at: float) -> None:
+    """Move every painter link's end (the bot's clock is the real one)."""
+    db = sqlite3.connect(world.bot.env["DATABASE_PATH"])
+    with db:
+        db.execute("UPDATE paint_links SET expires_at = ?", (at,))
+    db.close()
 
 
 async def inpaint_link(world, channel: int, prompt: str, size=(512, 512), user=ALICE,
@@ -153,10 +162,15 @@ async def test_forged_foreign_and_expired_links_are_refused_in_words(world, brow
     status, _, _ = await browser.open(link)
     assert status == 200
 
-    db = sqlite3.connect(world.bot.env["DATABASE_PATH"])
-    with db:
-        db.execute("UPDATE paint_links SET expires_at = 1")
-    db.close()
+    # Within a minute of the end, the page still opens but submitting is closed: the mask
+    # could no longer be uploaded through the member's private reply in time.
+    set_expiry(world, time.time() + 30)
+    status, _, _ = await browser.open(link)
+    assert status == 200
+    status, answer = await browser.submit(link, mask_png((512, 512), (0, 0, 99, 99)))
+    assert status == 410 and "expired" in answer["error"]
+
+    set_expiry(world, 1)
     status, page, _ = await browser.open(link)
     assert status == 410 and ("This painter link has expired; ask for a new one with "
                               "Edit region.") in page
@@ -272,3 +286,18 @@ async def test_without_a_public_server_a_modal_takes_the_mask(world_without_web)
     sent_mask = Image.open(io.BytesIO(world.discord.file_at(sent.body["mask_image"])))
     assert sent_mask.size == (512, 512)
     assert sent_mask.getpixel((256, 256)) == 255 and sent_mask.getpixel((10, 10)) == 0
+
+
+async def test_edit_region_on_a_result_with_several_images_links_each(world, browser):
+    channel = world.channel()
+    await world.discord.slash(ALICE, channel, "img2img", {
+        "image": world.image(), "prompt": "two teapots", "samples": 2})
+    result = await world.discord.wait_for_message(channel, ready_for(ALICE, "two teapots"),
+                                                  timeout=20)
+    click = await world.discord.click(ALICE, result, button(result, "Edit region"))
+    links = painter_links(await click.response())
+    assert len(links) == 2
+    for link, file in zip(links, result["files"], strict=True):
+        assert (await browser.open(link))[0] == 200
+        async with browser.session.get(link + "/image") as resp:
+            assert await resp.read() == file["data"]

@@ -300,7 +300,8 @@
       $("generate").disabled = response.status === 410;
       return;
     }
-    const place = answer.position ? ` It is number ${answer.position} in line.` : "";
+    const place = answer.position ? ` It is number ${answer.position} in line.`
+                                  : " It is being made now.";
     say(`Queued as job ${answer.job}.${place} The result will be posted in the channel.`, false,
         { href: answer.channel_url, text: "Back to the channel" });
     document.body.classList.add("queued");
