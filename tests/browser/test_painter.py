@@ -248,3 +248,40 @@ async def test_zoom_and_pan_keep_strokes_where_they_are_drawn(world, chromium):
     wrong = mismatches(mask, [(image_point(start), image_point(end))], 12 * scale,
                        inverted=False)
     assert not wrong, f"{len(wrong)} pixels differ, e.g. {wrong[:5]}"
+
+
+async def test_on_a_phone_two_fingers_zoom_without_painting(world, chromium):
+    channel = world.channel()
+    link = await link_for(world, channel, "a paper kite", (640, 480))
+    context = await chromium.new_context(viewport={"width": 390, "height": 844},
+                                         has_touch=True, is_mobile=True,
+                                         device_scale_factor=2)
+    page = await context.new_page()
+    try:
+        await page.goto(link)
+        await page.wait_for_selector("body.ready", timeout=20_000)
+        # everything fits the phone's width: no sideways scrolling
+        assert await page.evaluate("document.documentElement.scrollWidth") <= 390
+        before = await page.get_by_role("img", name="Mask").bounding_box()
+        assert before["width"] <= 390
+        cx, cy = before["x"] + before["width"] / 2, before["y"] + before["height"] / 2
+        cdp = await context.new_cdp_session(page)
+
+        def fingers(spread: float) -> list[dict]:
+            return [{"x": cx - spread, "y": cy, "id": 0}, {"x": cx + spread, "y": cy, "id": 1}]
+
+        await cdp.send("Input.dispatchTouchEvent", {"type": "touchStart",
+                                                    "touchPoints": fingers(30)})
+        for step in range(1, 11):
+            await cdp.send("Input.dispatchTouchEvent", {"type": "touchMove",
+                                                        "touchPoints": fingers(30 + 8 * step)})
+        await cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+        after = await page.get_by_role("img", name="Mask").bounding_box()
+        assert after["width"] > before["width"] * 1.5  # zoomed in
+        before_submits = len(world.modelslab.submits)
+        await page.get_by_role("button", name="Generate").click()
+        await page.get_by_role("status").filter(
+            has_text="Nothing is painted").wait_for(timeout=10_000)  # the pinch painted nothing
+        assert len(world.modelslab.submits) == before_submits
+    finally:
+        await context.close()
