@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import discord
 from PIL import Image
 
-from bot.components import delete_id, remix_id, reroll_id
+from bot.components import delete_id, paint_id, remix_id, reroll_id
 from bot.jobs.delivery import DeliveryFailed
 from bot.jobs.models import Job, JobStatus, Output
 from bot.metrics import Metrics
@@ -86,6 +86,8 @@ def result_view(job: Job, count: int) -> discord.ui.View:
         label = "Remix" if count == 1 else f"Remix {index + 1}"
         view.add_item(discord.ui.Button(label=label, style=discord.ButtonStyle.primary,
                                         custom_id=remix_id(job.track_id, index)))
+    view.add_item(discord.ui.Button(label="Edit region", style=discord.ButtonStyle.secondary,
+                                    custom_id=paint_id(job.track_id)))
     view.add_item(discord.ui.Button(label="Re-roll", style=discord.ButtonStyle.secondary,
                                     custom_id=reroll_id(job.track_id)))
     view.add_item(discord.ui.Button(label="Delete", style=discord.ButtonStyle.danger,

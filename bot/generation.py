@@ -75,6 +75,7 @@ class GenerationRequest:
     requester: Requester
     endpoint: str | None = None
     mask: Upload | None = None
+    mask_data: bytes | None = None  # a mask given as bytes (the painter), checked like an upload
     nsfw_channel: bool = False
     parent_track_id: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # kept with the job (e.g. remix source)
@@ -161,6 +162,8 @@ class GenerationService:
 
         image = await self._fetch_checked(request.image, "image")
         mask = await self._fetch_checked(request.mask, "mask") if request.mask else None
+        if mask is None and request.mask_data is not None:
+            mask = await self._checked(request.mask_data, "mask", "mask.png")
 
         # Pillow work is CPU-bound (a large photo takes a good fraction of a second).
         to_host: list[HostedFile] = []
@@ -214,13 +217,16 @@ class GenerationService:
         except (aiohttp.ClientError, TimeoutError):
             raise UserFacingError(f"The {label} could not be downloaded from Discord; "
                                   f"try again in a moment.") from None
+        return await self._checked(data, label, upload.filename)
+
+    async def _checked(self, data: bytes, label: str, filename: str) -> CheckedImage:
         try:
             return await asyncio.to_thread(check_image, data, label=label,
                                            declared_size=len(data))
         except ImageRejected:
             raise
         except Exception:
-            log.exception("unexpected error checking the %s %s", label, upload.filename)
+            log.exception("unexpected error checking the %s %s", label, filename)
             raise ImageRejected(f"The {label} is not an image Remixer can read.",
                                 label=label) from None
 

@@ -50,7 +50,7 @@ ENDPOINT_CHOICES = [app_commands.Choice(name=name, value=name) for name in IMG2I
 
 DESCRIPTIONS = {
     "image": "The image to transform (PNG, JPEG or WebP)",
-    "mask": "White where the image should be repainted, black where it is kept",
+    "mask": "White where the image should be repainted; leave it out to paint the region",
     "prompt": "What the result should show",
     "negative_prompt": "What the result should avoid",
     "strength": "How far to move away from the image: 0 keeps it, 1 ignores it",
@@ -187,8 +187,8 @@ class Generate(commands.Cog):
         self,
         interaction: discord.Interaction,
         image: discord.Attachment,
-        mask: discord.Attachment,
         prompt: app_commands.Range[str, 1, 2000],
+        mask: discord.Attachment | None = None,
         negative_prompt: app_commands.Range[str, 1, 2000] | None = None,
         strength: app_commands.Range[float, 0.0, 1.0] | None = None,
         model: app_commands.Range[str, 1, 100] | None = None,
@@ -201,6 +201,14 @@ class Generate(commands.Cog):
         seed: app_commands.Range[int, SEED[0], SEED[1]] | None = None,
         clip_skip: app_commands.Range[int, CLIP[0], CLIP[1]] | None = None,
     ) -> None:
+        if mask is None:  # no mask: the member paints one (or uploads it in a modal)
+            from cogs.paint import offer_painter
+            await offer_painter(interaction, [upload_of(image)], options=dict(
+                prompt=prompt, negative_prompt=negative_prompt, strength=strength,
+                model=model, width=width, height=height, samples=samples, steps=steps,
+                guidance_scale=guidance_scale, scheduler=scheduler, seed=seed,
+                clip_skip=clip_skip))
+            return
         if not await take_turn(self.bot, interaction, interaction.guild_id):
             return
         await interaction.response.defer(ephemeral=True, thinking=True)

@@ -138,6 +138,31 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE guild_settings ADD COLUMN cooldown_burst INTEGER;
     ALTER TABLE guild_settings ADD COLUMN cooldown_seconds REAL;
     """,
+    # 5: painter links. Only a hash of each link's secret is kept; a link is bound to its
+    # member, server, channel and image, claimed by the first browser that opens it (a hash
+    # of that browser's cookie), and used once.
+    """
+    CREATE TABLE paint_links (
+        key TEXT PRIMARY KEY,
+        user_id INTEGER NOT NULL,
+        guild_id INTEGER,
+        channel_id INTEGER NOT NULL,
+        image_url TEXT NOT NULL,
+        image_name TEXT NOT NULL,
+        mask_url TEXT,
+        source_track_id TEXT,
+        options TEXT NOT NULL DEFAULT '{}',
+        nsfw_channel INTEGER NOT NULL DEFAULT 0,
+        interaction_token TEXT,
+        application_id INTEGER,
+        created_at REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        browser_hash TEXT,
+        used_at REAL,
+        track_id TEXT
+    );
+    CREATE INDEX paint_links_by_expiry ON paint_links(expires_at);
+    """,
 )
 # Migrations after which the file is rewritten once (VACUUM cannot run in a transaction):
 # 3 turns on incremental auto-vacuum for a database created before it was the default.

@@ -15,6 +15,7 @@ from aiohttp import web
 from bot.jobs.engine import WEBHOOK_ROUTE, JobEngine
 from bot.web.health import HEALTH_CACHE, HealthCache, RateLimit, healthz, metrics, rate_limited
 from bot.web.keys import ENGINE
+from bot.web.paint import add_routes as add_paint_routes
 from bot.web.webhooks import (
     MAX_WEBHOOK_BYTES,
     OUTPUT_HOST_SUFFIXES,
@@ -43,6 +44,7 @@ def create_app(engine: JobEngine, limit: RateLimit | None = None) -> web.Applica
     app[HEALTH_CACHE] = HealthCache()
     app.router.add_get("/healthz", healthz)
     app.router.add_post(WEBHOOK_ROUTE, modelslab_webhook)
+    add_paint_routes(app)  # the mask painter (answers only once the bot sets its painter)
     return app
 
 
@@ -61,6 +63,7 @@ class WebServer:
 
     def __init__(self, app: web.Application, host: str, port: int, name: str = "web server"
                  ) -> None:
+        self.app = app
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
                                      shutdown_timeout=5)
         self._host, self._port = host, port

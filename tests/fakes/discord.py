@@ -3148,11 +3148,16 @@ class FakeDiscord:
             raise ClientRefused(f"no modal {custom_id!r} was shown to user {user_id}")
         await self._like_a_human(shown.response_times[shown.answer_index])
         given = dict(values or {})
+        # Files given to a file upload (type 19) arrive as ids, with the attachments resolved.
+        uploaded = {str(v["id"]): v for value in given.values() if isinstance(value, list)
+                    for v in value if isinstance(v, Mapping) and "filename" in v}
         components = [_submitted(c, given, client_checks) for c in shown.modal["components"]]
         components = [c for c in components if c is not None]
         if given:
             raise ClientRefused(f"modal {custom_id!r} has no inputs {sorted(given)}")
         data: dict[str, Any] = {"custom_id": custom_id, "components": components}
+        if uploaded:
+            data["resolved"] = {"attachments": uploaded}
         source = message
         if source is None and shown.source_message_id is not None:
             source = shown.source_message_id
