@@ -50,3 +50,13 @@ def running(tmp_path, fake, http, delivery, unused_tcp_port):
                              delivery=kw.pop("delivery", delivery), session=http,
                              port=unused_tcp_port, **kw)
     return make
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One real PostgreSQL server on loopback for the whole session (started when a test
+    first asks for it)."""
+    from tests.support.postgres import running_postgres
+
+    with running_postgres() as server:
+        yield server

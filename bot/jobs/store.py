@@ -1,4 +1,8 @@
-"""The SQLite job store: every job from the moment it is asked for, with atomic transitions.
+"""The job store: every job from the moment it is asked for, with atomic transitions.
+
+On SQLite (the default) or PostgreSQL (``DATABASE_URL=postgresql://...``, for several bot
+processes): the SQL below is written once, in SQLite's flavour, and ``bot.db.dialect``
+translates each statement for PostgreSQL (with a hand-written form where one is needed).
 
 One aiosqlite connection in WAL mode; every write runs inside ``BEGIN IMMEDIATE`` under an
 asyncio lock, so a transition's check and its change are one step. A transition names the
@@ -25,6 +29,7 @@ from typing import Any
 
 import aiosqlite
 
+from bot.db.postgres import PgDatabase
 from bot.jobs.models import (
     IN_FLIGHT,
     UNFINISHED,
@@ -214,16 +219,34 @@ def _placeholders(values: Sequence[Any]) -> str:
     return ",".join("?" * len(values))
 
 
+def is_postgres_url(url: str | Path) -> bool:
+    return isinstance(url, str) and url.startswith(("postgresql://", "postgres://"))
+
+
+def sqlite_path(url: str | Path) -> Path:
+    """``sqlite:///data/bot.sqlite3`` (relative) or ``sqlite:////var/lib/bot.sqlite3``, or a
+    plain path."""
+    if isinstance(url, str) and url.startswith("sqlite://"):
+        return Path(url.removeprefix("sqlite://").removeprefix("/"))
+    return Path(url)
+
+
 class JobStore:
-    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
-        self._db = db
+    def __init__(self, db: aiosqlite.Connection | PgDatabase, path: Path | None) -> None:
+        self._db: Any = db
         self.path = path
+        self.backend = "postgresql" if isinstance(db, PgDatabase) else "sqlite"
         self._lock = asyncio.Lock()
         self._delivered = 0  # delivered jobs: counted once at open, then as they happen
 
     @classmethod
     async def open(cls, path: str | Path) -> JobStore:
-        path = Path(path)
+        """A SQLite file (a path or ``sqlite:///path``) or a ``postgresql://`` database."""
+        if is_postgres_url(path):
+            store = cls(await PgDatabase.connect(str(path)), None)
+            await store._migrate()
+            return store
+        path = sqlite_path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         db = await aiosqlite.connect(path, isolation_level=None)
         db.row_factory = aiosqlite.Row
@@ -242,6 +265,9 @@ class JobStore:
         await self._db.close()
 
     async def _migrate(self) -> None:
+        if isinstance(self._db, PgDatabase):
+            await self._migrate_postgres(self._db)
+            return
         (version,) = await self._fetchone("PRAGMA user_version")
         vacuum = False
         for number, script in enumerate(MIGRATIONS, start=1):
@@ -261,6 +287,23 @@ class JobStore:
         self._delivered = (await self._fetchone(
             "SELECT COUNT(*) FROM jobs WHERE status = 'delivered'"))[0]
 
+    async def _migrate_postgres(self, pg: PgDatabase) -> None:
+        """The same migrations, translated; all of them in one transaction under the write
+        lock, so processes starting together migrate once."""
+        async with pg.transaction() as db:
+            version = await pg.schema_version(db)
+            for number, script in enumerate(MIGRATIONS, start=1):
+                if number <= version:
+                    continue
+                log.info("applying database migration %d", number)
+                for statement in (s.strip() for s in script.split(";")):
+                    if statement:
+                        await db.execute(statement)
+                await pg.set_schema_version(db, number)
+        await pg.load_primary_keys()
+        self._delivered = (await self._fetchone(
+            "SELECT COUNT(*) FROM jobs WHERE status = 'delivered'"))[0]
+
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
         """One write transaction.
@@ -269,7 +312,12 @@ class JobStore:
         cursor left open by one coroutine while another begins a write would turn BEGIN into
         an upgrade of a stale snapshot, which SQLite refuses at once. BEGIN is retried while
         another process holds the database (nothing has changed yet at that point).
+        On PostgreSQL: one transaction after every other process's (see ``bot.db.postgres``).
         """
+        if isinstance(self._db, PgDatabase):
+            async with self._db.transaction() as db:
+                yield db
+            return
         async with self._lock:
             delay = 0.01
             deadline = time.monotonic() + BUSY_PATIENCE
@@ -294,6 +342,8 @@ class JobStore:
         """One statement, run whole in one trip to the database thread, under the same lock
         as transactions (see ``_write``). A single UPDATE or INSERT is atomic on its own, so
         this is also how one-statement changes are made (with ``RETURNING *``)."""
+        if isinstance(self._db, PgDatabase):
+            return await self._db.execute_fetchall(sql, params)
         async with self._lock:
             delay = 0.01
             deadline = time.monotonic() + BUSY_PATIENCE

@@ -1,4 +1,5 @@
-"""The job store on a real SQLite file: transitions, fairness, secrets, migrations."""
+"""The job store on both backends (a real SQLite file, and a real PostgreSQL server started by
+the tests on loopback): transitions, fairness, secrets, migrations."""
 
 from __future__ import annotations
 
@@ -30,31 +31,57 @@ def new_job(user: int = 1, **extra) -> NewJob:
                   images=1, options={"prompt": "p"}, **extra)
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request, tmp_path) -> str:
+    """Where a store lives: a SQLite file, or a fresh database on the tests' PostgreSQL."""
+    if request.param == "sqlite":
+        return str(tmp_path / "data" / "bot.sqlite3")
+    return request.getfixturevalue("postgres_server").fresh_database()
+
+
 @pytest.fixture
-async def store(tmp_path):
+async def store(database):
+    s = await JobStore.open(database)
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+async def sqlite_store(tmp_path):
     s = await JobStore.open(tmp_path / "data" / "bot.sqlite3")
     yield s
     await s.close()
 
 
-async def test_a_new_job_is_queued_and_persisted_with_its_payload(store, tmp_path):
+async def test_a_new_job_is_queued_and_persisted_with_its_payload(store):
     job = await store.create(new_job(), now=100.0)
     assert job.status is JobStatus.QUEUED
     assert job.payload["track_id"] == job.track_id  # the exact body that will be sent
     assert len(job.track_id) >= 24
-    row = sqlite3.connect(tmp_path / "data" / "bot.sqlite3").execute(
-        "SELECT status, user_id, interaction_token FROM jobs").fetchone()
-    assert row == ("queued", 1, "tok")
+    rows = await store.read("SELECT status, user_id, interaction_token FROM jobs")
+    assert [tuple(row) for row in rows] == [("queued", 1, "tok")]
 
 
-async def test_database_uses_wal_and_records_its_schema_version(store, tmp_path):
+async def test_discord_ids_keep_all_64_bits(store):
+    snowflake = 1_234_567_890_123_456_789
+    requester = Requester(user_id=snowflake, guild_id=snowflake + 1, channel_id=snowflake + 2,
+                          interaction_token="tok", token_expires_at=900.5,
+                          application_id=snowflake + 3)
+    job = await store.create(NewJob(endpoint="v6", payload={"prompt": "p"}, requester=requester,
+                                    images=1, options={}))
+    again = await store.get(job.track_id)
+    assert again.requester == requester
+    assert await store.images_used(snowflake, snowflake + 1, utc_day(job.created_at)) == 1
+
+
+async def test_database_uses_wal_and_records_its_schema_version(sqlite_store, tmp_path):
     db = sqlite3.connect(tmp_path / "data" / "bot.sqlite3")
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
 
 
-async def test_reopening_keeps_jobs_and_does_not_migrate_again(tmp_path):
-    path = tmp_path / "bot.sqlite3"
+async def test_reopening_keeps_jobs_and_does_not_migrate_again(database):
+    path = database
     first = await JobStore.open(path)
     job = await first.create(new_job())
     await first.close()
@@ -115,8 +142,8 @@ async def test_fair_order_round_robins_members(store):
     assert order == [1, 2, 3, 1, 1, 1]
 
 
-async def test_fairness_survives_reopening(tmp_path):
-    path = tmp_path / "db.sqlite3"
+async def test_fairness_survives_reopening(database):
+    path = database
     store = await JobStore.open(path)
     for _ in range(3):
         await store.create(new_job(user=1))
@@ -135,9 +162,12 @@ async def test_webhook_secret_is_stored_hashed_and_checked(store, tmp_path):
     assert await store.authenticate(job.track_id, secret + "x") is None
     assert await store.authenticate(job.track_id, "") is None
     assert await store.authenticate("unknown", secret) is None
-    raw = (tmp_path / "data" / "bot.sqlite3").read_bytes()
-    wal = tmp_path / "data" / "bot.sqlite3-wal"
-    raw += wal.read_bytes() if wal.exists() else b""
+    if store.backend == "sqlite":
+        raw = (tmp_path / "data" / "bot.sqlite3").read_bytes()
+        wal = tmp_path / "data" / "bot.sqlite3-wal"
+        raw += wal.read_bytes() if wal.exists() else b""
+    else:
+        raw = repr([tuple(row) for row in await store.read("SELECT * FROM jobs")]).encode()
     assert secret.encode() not in raw
 
 
@@ -171,9 +201,9 @@ async def test_queue_position_and_depth(store):
     assert await store.queue_depth() == 2 and await store.in_flight() == 1
 
 
-async def test_two_processes_writing_at_once_lose_nothing(tmp_path):
+async def test_two_processes_writing_at_once_lose_nothing(database):
     """Another process holding the database makes writes wait, never fail."""
-    path = tmp_path / "shared.sqlite3"
+    path = database
     script = (
         "import asyncio, sys\n"
         "from bot.jobs.store import JobStore\n"
@@ -235,8 +265,9 @@ async def test_the_active_job_cap_counts_waiting_and_running_jobs(store):
     await store.create(new_job(user=9), quota=rule)  # a slot came free
 
 
-async def test_counts_touch_only_the_active_jobs_index(store):
+async def test_counts_touch_only_the_active_jobs_index(sqlite_store):
     """/healthz and /metrics read the counts: no scan of the delivered history."""
+    store = sqlite_store
     jobs = [await store.create(new_job(user=i)) for i in range(4)]
     for job in jobs[:2]:
         await store.mark_failed(job.track_id, error="x", now=1.0)
@@ -287,7 +318,8 @@ async def test_new_databases_vacuum_incrementally_and_old_ones_are_converted(tmp
         db.close()
 
 
-async def test_purging_delivered_images_gives_the_space_back(store, tmp_path):
+async def test_purging_delivered_images_gives_the_space_back(sqlite_store, tmp_path):
+    store = sqlite_store
     path = tmp_path / "data" / "bot.sqlite3"
     blob = bytes(range(256)) * 4096  # 1 MiB
     for user in range(8):

@@ -1,0 +1,1 @@
+"""Database backends: SQLite (embedded, the default) and PostgreSQL (several processes)."""
