@@ -97,6 +97,9 @@ def main() -> int:
     except ValidationError as exc:
         print(describe_settings_error(exc), file=sys.stderr)
         return 2
+    if (problem := settings.shard_problem()) is not None:
+        print(f"Remixer cannot start: {problem}.", file=sys.stderr)
+        return 2
     configure_logging(settings.log_level)
     try:
         return asyncio.run(run(settings))

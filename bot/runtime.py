@@ -42,7 +42,7 @@ class Services:
             timeout=aiohttp.ClientTimeout(total=120, sock_connect=10),
             headers={"User-Agent": "Remixer (self-hosted Discord bot)"},
         )
-        self.store = await JobStore.open(s.database_path)
+        self.store = await JobStore.open(s.database)
         self.client = ModelsLabClient(
             self.session, base_url=s.modelslab_base_url, api_key=s.modelslab_api_key,
             enterprise_key=s.modelslab_enterprise_api_key, metrics=self.metrics)

@@ -48,6 +48,13 @@ class Settings(BaseSettings):
     # A 429's Retry-After pauses sending to ModelsLab at most this many seconds.
     modelslab_max_pause: Annotated[float, Field(ge=1, le=3600)] = 300.0
     database_path: Path = Path("data/bot.sqlite3")
+    # Unset or sqlite:///path: the embedded SQLite file. postgresql://...: PostgreSQL, shared
+    # by any number of bot processes.
+    database_url: str | None = None
+    # Gateway shards: how many the bot has in all (unset: one, or Discord's advice when
+    # SHARD_IDS is set), and which of them this process serves (unset: all of them).
+    shard_count: Annotated[int, Field(ge=1, le=10000)] | None = None
+    shard_ids: str | None = None
     dev_guild_id: Annotated[int, Field(gt=0)] | None = None
     default_model_id: str = "pony_realism"
     daily_image_quota: Annotated[int, Field(ge=0)] = 20
@@ -76,6 +83,55 @@ class Settings(BaseSettings):
     @classmethod
     def _check_discord_urls(cls, value: str | None) -> str | None:
         return None if value is None else _http_url(value, "127.0.0.1:8000/api/v10")
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip()
+        if value.startswith(("postgresql://", "postgres://")):
+            return value
+        if value.startswith("sqlite:///") and len(value) > len("sqlite:///"):
+            return value
+        raise ValueError("must be sqlite:///path/to/bot.sqlite3 or postgresql://user:password@"
+                         "host:5432/database")
+
+    @field_validator("shard_ids")
+    @classmethod
+    def _check_shard_ids(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = [p.strip() for p in value.replace(" ", ",").split(",") if p.strip()]
+        if not parts or not all(p.isdigit() for p in parts):
+            raise ValueError("must be shard numbers separated by commas, like 0,1")
+        return ",".join(parts)
+
+    def shard_problem(self) -> str | None:
+        """What is wrong with SHARD_COUNT and SHARD_IDS together, if anything."""
+        if self.shard_ids is None:
+            return None
+        if self.shard_count is None:
+            return "SHARD_IDS needs SHARD_COUNT (how many shards the bot has in all)"
+        if any(i >= self.shard_count for i in self.shards or ()):
+            return f"every one of SHARD_IDS must be below SHARD_COUNT ({self.shard_count})"
+        return None
+
+    @property
+    def database(self) -> str | Path:
+        """Where the store lives: a SQLite file's path, or a postgresql:// URL."""
+        if self.database_url is None:
+            return self.database_path
+        if self.database_url.startswith("sqlite:///"):
+            return Path(self.database_url.removeprefix("sqlite:///"))
+        return self.database_url
+
+    @property
+    def shards(self) -> list[int] | None:
+        """This process's shard ids (None: every shard)."""
+        if self.shard_ids is None:
+            return None
+        return [int(p) for p in self.shard_ids.split(",")]
 
     @field_validator("default_model_id")
     @classmethod
