@@ -30,10 +30,10 @@ async def run(settings: Settings) -> int:
     import aiohttp
     import discord
 
-    from bot.app import RemixerBot, point_discord_at
+    from bot.app import create_bot, point_discord_at
 
     point_discord_at(settings)
-    bot = RemixerBot(settings)
+    bot = create_bot(settings)
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
 

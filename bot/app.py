@@ -88,10 +88,14 @@ class RemixerBot(commands.Bot):
     def __init__(self, settings: Settings) -> None:
         intents = discord.Intents.none()
         intents.guilds = True
+        sharding = {}
+        if isinstance(self, commands.AutoShardedBot):  # SHARD_COUNT / SHARD_IDS
+            sharding = {"shard_count": settings.shard_count, "shard_ids": settings.shards}
         super().__init__(command_prefix=commands.when_mentioned, intents=intents,
                          help_command=None, tree_cls=RemixerTree,
                          allowed_mentions=discord.AllowedMentions.none(),
-                         allowed_contexts=SERVER_ONLY, allowed_installs=SERVER_INSTALL_ONLY)
+                         allowed_contexts=SERVER_ONLY, allowed_installs=SERVER_INSTALL_ONLY,
+                         **sharding)
         self.settings = settings
         self.services = Services(settings, DiscordDelivery(self))
         self.generation: GenerationService | None = None
@@ -129,14 +133,26 @@ class RemixerBot(commands.Bot):
         definition = json.dumps([c.to_dict(self.tree) for c in self.tree.get_commands()],
                                 sort_keys=True)
         digest = hashlib.sha256(definition.encode()).hexdigest()
-        if await store.get_state(COMMANDS_HASH_KEY) != digest:
-            await self.tree.sync()
-            await store.set_state(COMMANDS_HASH_KEY, digest)
-            log.info("global commands synced")
-        else:
-            log.info("global commands unchanged; not synced")
+        async with store.exclusive("command-sync"):  # one process of the bot at a time
+            if await store.get_state(COMMANDS_HASH_KEY) != digest:
+                await self.tree.sync()
+                await store.set_state(COMMANDS_HASH_KEY, digest)
+                log.info("global commands synced")
+            else:
+                log.info("global commands unchanged; not synced")
 
     async def close(self) -> None:
         # Jobs first, while Discord is still reachable for deliveries in progress.
         await self.services.stop()
         await super().close()
+
+
+class ShardedRemixerBot(RemixerBot, commands.AutoShardedBot):
+    """The same bot over several gateway shards (SHARD_COUNT), or some of them (SHARD_IDS)."""
+
+
+def create_bot(settings: Settings) -> RemixerBot:
+    """One shard unless SHARD_COUNT asks for more or SHARD_IDS names this process's."""
+    if settings.shard_ids is not None or (settings.shard_count or 1) > 1:
+        return ShardedRemixerBot(settings)
+    return RemixerBot(settings)

@@ -10,8 +10,9 @@ Reads never wait for it. Rows are asyncpg records: ``row["name"]`` and ``row[0]`
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 
 WRITE_LOCK = 0x52454D49  # "REMI": the one advisory lock every write transaction takes
 VERSION_TABLE = "schema_version"
+CHANNEL = "remixer_jobs"  # LISTEN/NOTIFY: new work or a free API slot
 
 Params = Sequence[Any] | Mapping[str, Any]
 
@@ -63,6 +65,7 @@ class PgDatabase:
         self.pool = pool
         self.url = url
         self._primary_keys: dict[str, tuple[str, ...]] = {}
+        self._listener: asyncpg.Connection | None = None
         self.dialect = Dialect(lambda table: self._primary_keys.get(table, ()))
 
     @classmethod
@@ -71,6 +74,9 @@ class PgDatabase:
         return cls(pool, url)
 
     async def close(self) -> None:
+        if self._listener is not None:
+            await self._listener.close()
+            self._listener = None
         await self.pool.close()
 
     async def load_primary_keys(self) -> None:
@@ -93,6 +99,27 @@ class PgDatabase:
             if lock:
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", WRITE_LOCK)
             yield PgConnection(conn, self.dialect)
+
+    @asynccontextmanager
+    async def advisory_lock(self, name: str) -> AsyncIterator[None]:
+        """Held by one connection (one process) at a time, until the block ends; released by
+        PostgreSQL itself if the process dies."""
+        key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+        async with self.pool.acquire() as conn:
+            await conn.execute("SELECT pg_advisory_lock($1)", key)
+            try:
+                yield
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock($1)", key)
+
+    async def notify(self) -> None:
+        await self.pool.execute("SELECT pg_notify($1, '')", CHANNEL)
+
+    async def listen(self, wake: Callable[[], None]) -> None:
+        """``wake()`` on every notification, on a connection of its own (kept open)."""
+        if self._listener is None:
+            self._listener = await asyncpg.connect(self.url)
+        await self._listener.add_listener(CHANNEL, lambda *_: wake())
 
     async def execute_fetchall(self, sql: str, params: Params = ()) -> list[asyncpg.Record]:
         if is_pragma(sql):

@@ -18,6 +18,7 @@ from typing import Any
 
 from bot.jobs.delivery import Delivery
 from bot.jobs.downloads import DownloadError, OutputDownloader
+from bot.jobs.leases import Leases
 from bot.jobs.models import IN_FLIGHT, Job, JobStatus, NewJob, Output
 from bot.jobs.store import JobStore, QuotaRule
 from bot.logs import context_for, job_context
@@ -78,8 +79,11 @@ class JobEngine:
         public_base_url: str | None = None,
         clock: Callable[[], float] = time.time,
         metrics: Metrics | None = None,
+        leases: Leases | None = None,
     ) -> None:
         self.store = store
+        # Which process works on which job step (several processes on PostgreSQL).
+        self.leases = leases or Leases(store, clock=clock)
         self.metrics = metrics or Metrics()
         self.client = client
         self.delivery = delivery
@@ -99,12 +103,15 @@ class JobEngine:
         self._accepting = False
         self._stopping = False
         self._last_sweep = 0.0
+        self._last_takeover = 0.0
         self._last_status = 0.0
 
     # --- life cycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
         """Resume every unfinished job, then start dispatching and polling."""
+        await self.leases.start()
+        await self.store.listen(self.wake)
         await self._recover()
         self._accepting = True
         self._loops = [asyncio.create_task(self._dispatch_loop(), name="jobs-dispatch"),
@@ -134,6 +141,11 @@ class JobEngine:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        await self.leases.stop()
+
+    def wake(self) -> None:
+        """Another process has new work or freed an API slot (LISTEN/NOTIFY)."""
+        self._wake_dispatch.set()
 
     @property
     def accepting(self) -> bool:
@@ -151,6 +163,7 @@ class JobEngine:
         Nothing is sent before this. Raises QuotaExceeded or TooManyJobs under ``quota``."""
         job = await self.store.create(new, now=self.clock(), quota=quota)
         self._wake_dispatch.set()
+        await self.store.notify()
         await self._progress(job)
         return job
 
@@ -195,7 +208,7 @@ class JobEngine:
                 return
             if await self.store.in_flight() >= self.policy.max_concurrency:
                 return
-            claimed = await self.store.claim_next(now)
+            claimed = await self.leases.claim(now, self.policy.max_concurrency)
             if claimed is None:
                 return
             job, secret = claimed
@@ -265,6 +278,7 @@ class JobEngine:
             await self._on_submitted(job, response, webhook is not None)
         finally:
             self._wake_dispatch.set()
+            await self.leases.release(track_id)
 
     def _pause_for(self, exc: RateLimited) -> float:
         """ModelsLab's Retry-After, within reason: a day-long answer pauses at most
@@ -317,12 +331,14 @@ class JobEngine:
             return  # still processing: nothing to do
         if moved is not None:
             self._wake_dispatch.set()  # an API slot is free
+            await self.store.notify()
             await self._finish(track_id, moved)
 
     async def _fail(self, track_id: str, error: str) -> None:
         moved = await self.store.mark_failed(track_id, error=error, now=self.clock())
         if moved is not None:
             self._wake_dispatch.set()
+            await self.store.notify()
             await self._finish(track_id, moved)
 
     async def _finish(self, track_id: str, job: Job | None = None) -> None:
@@ -333,7 +349,13 @@ class JobEngine:
         if track_id in self._finishing:
             return
         self._finishing.add(track_id)
+        leased = False
         try:
+            leased = await self.leases.acquire(track_id, "deliver")
+            if not leased:
+                return  # another process is finishing it
+            if self.leases.shared:  # it may have been finished elsewhere meanwhile
+                job = None
             job = job or await self.store.get(track_id)
             if job is None:
                 return
@@ -352,6 +374,8 @@ class JobEngine:
             await self._deliver(job, outputs)
         finally:
             self._finishing.discard(track_id)
+            if leased:
+                await self.leases.release(track_id)
 
     async def _deliver(self, job: Job, outputs: list[Output] | None) -> None:
         track_id = job.track_id
@@ -412,6 +436,9 @@ class JobEngine:
                     if job.track_id not in self._polling:
                         self._polling.add(job.track_id)
                         self._spawn(self._poll(job), f"poll-{job.track_id}")
+                if self.leases.shared and now - self._last_takeover >= self.leases.period / 2:
+                    self._last_takeover = now
+                    await self._take_over()
                 if now - self._last_sweep >= self.policy.sweep_interval:
                     self._last_sweep = now
                     await self._sweep()
@@ -474,7 +501,10 @@ class JobEngine:
         now = self.clock()
         await self.store.purge_delivered_outputs()
         counts: dict[str, int] = {}
+        held = await self.leases.held_elsewhere()  # other live processes' jobs
         for job in await self.store.unfinished():
+            if job.track_id in held:
+                continue
             counts[job.status] = counts.get(job.status, 0) + 1
             if job.status is JobStatus.SUBMITTED:
                 # The submit may or may not have reached ModelsLab before the stop.
@@ -493,6 +523,31 @@ class JobEngine:
         if counts:
             log.info("resuming unfinished jobs: %s",
                      ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+
+    async def _take_over(self) -> None:
+        """Jobs a dead process was working on (its leases ran out), resumed as a restart
+        resumes them: a submit of unknown outcome waits for its webhook, never resent."""
+        now = self.clock()
+        for job in await self.leases.orphans():
+            if job.track_id in self._finishing:
+                continue
+            log.info("job %s: taken over from a process that stopped", job.track_id)
+            if job.status is JobStatus.SUBMITTED:
+                if not await self.leases.acquire(job.track_id, "recover"):
+                    continue
+                try:
+                    if self.public_base_url is not None:
+                        await self.store.wait_for_webhook(
+                            job.track_id, until=(job.submitted_at or now)
+                            + self.policy.unknown_outcome_wait)
+                    else:
+                        await self._fail_later(job.track_id, "The bot restarted while "
+                                               "sending this job, and ModelsLab never "
+                                               "confirmed it. " + NOT_CHARGED)
+                finally:
+                    await self.leases.release(job.track_id)
+            else:
+                self._spawn(self._finish(job.track_id), f"finish-{job.track_id}")
 
     async def _fail_later(self, track_id: str, error: str) -> None:
         moved = await self.store.mark_failed(track_id, error=error, now=self.clock())

@@ -13,6 +13,7 @@ loser of a race (a webhook against a poll, a repeated webhook) simply gets ``Fal
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 import hmac
 import json
@@ -215,6 +216,12 @@ def new_track_id() -> str:
     return secrets.token_urlsafe(18)
 
 
+# The write transaction the current task is inside, per store: statements run in it (so a
+# transaction can be built from the store's own methods, e.g. a claim under a limit).
+_TRANSACTION: contextvars.ContextVar[tuple[Any, Any] | None] = contextvars.ContextVar(
+    "store_transaction", default=None)
+
+
 def _placeholders(values: Sequence[Any]) -> str:
     return ",".join("?" * len(values))
 
@@ -236,6 +243,7 @@ class JobStore:
         self._db: Any = db
         self.path = path
         self.backend = "postgresql" if isinstance(db, PgDatabase) else "sqlite"
+        self._duties: dict[str, asyncio.Lock] = {}
         self._lock = asyncio.Lock()
         self._delivered = 0  # delivered jobs: counted once at open, then as they happen
 
@@ -313,7 +321,21 @@ class JobStore:
         an upgrade of a stale snapshot, which SQLite refuses at once. BEGIN is retried while
         another process holds the database (nothing has changed yet at that point).
         On PostgreSQL: one transaction after every other process's (see ``bot.db.postgres``).
+        Inside a transaction, the store's own methods run their statements in it.
         """
+        current = _TRANSACTION.get()
+        if current is not None and current[0] is self:
+            yield current[1]
+            return
+        async with self._transaction() as db:
+            token = _TRANSACTION.set((self, db))
+            try:
+                yield db
+            finally:
+                _TRANSACTION.reset(token)
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         if isinstance(self._db, PgDatabase):
             async with self._db.transaction() as db:
                 yield db
@@ -342,6 +364,9 @@ class JobStore:
         """One statement, run whole in one trip to the database thread, under the same lock
         as transactions (see ``_write``). A single UPDATE or INSERT is atomic on its own, so
         this is also how one-statement changes are made (with ``RETURNING *``)."""
+        current = _TRANSACTION.get()
+        if current is not None and current[0] is self:
+            return list(await current[1].execute_fetchall(sql, params))
         if isinstance(self._db, PgDatabase):
             return await self._db.execute_fetchall(sql, params)
         async with self._lock:
@@ -365,6 +390,37 @@ class JobStore:
     async def _fetchone(self, sql: str, params: Sequence[Any] = ()) -> aiosqlite.Row | None:
         rows = await self._fetchall(sql, params)
         return rows[0] if rows else None
+
+    async def claim_within(self, now: float, limit: int) -> tuple[Job, str] | None:
+        """``claim_next``, only while fewer than ``limit`` jobs hold an API slot: one step,
+        so the limit holds across every process sharing the database."""
+        async with self._write():
+            if await self.in_flight() >= limit:
+                return None
+            return await self.claim_next(now)
+
+    @asynccontextmanager
+    async def exclusive(self, name: str) -> AsyncIterator[None]:
+        """A duty that one process of the bot does at a time (command sync, sweeps): on
+        PostgreSQL an advisory lock, held until the block ends; a lock of this process's on
+        SQLite (one process)."""
+        if isinstance(self._db, PgDatabase):
+            async with self._db.advisory_lock(name):
+                yield
+            return
+        lock = self._duties.setdefault(name, asyncio.Lock())
+        async with lock:
+            yield
+
+    async def notify(self) -> None:
+        """Wake the other processes' dispatchers (new work, a free slot): PostgreSQL only."""
+        if isinstance(self._db, PgDatabase):
+            await self._db.notify()
+
+    async def listen(self, wake) -> None:
+        """Call ``wake()`` when another process has new work or a free slot (PostgreSQL)."""
+        if isinstance(self._db, PgDatabase):
+            await self._db.listen(wake)
 
     async def ping(self) -> bool:
         try:

@@ -536,6 +536,13 @@ class FakeGuild:
 
 
 @dataclass
+class _Sharded:
+    """Just enough of a session for ``FakeDiscord.serves`` before its IDENTIFY is stored."""
+
+    identify: dict[str, Any] | None
+
+
+@dataclass
 class GatewaySession:
     """One websocket connection of the bot to the fake gateway."""
 
@@ -820,6 +827,8 @@ class FakeDiscord:
         """Every interaction sent, oldest first."""
         self.sessions: list[GatewaySession] = []
         """Every gateway connection, oldest first."""
+        self.recommended_shards = 1
+        """What ``GET /gateway/bot`` advises (``shards``)."""
         self.errors: list[BaseException] = []
         """Exceptions raised inside the fake itself (bugs): a test may assert it is empty."""
         self.deleted_messages: list[dict[str, Any]] = []
@@ -1009,7 +1018,7 @@ class FakeDiscord:
         if owner_id not in guild.members:
             owner = self.user(owner_id)
             guild.members[owner_id] = FakeMember(guild_id, owner, [], self._iso())
-        for session in self._ready_sessions():
+        for session in self._ready_sessions(guild_id):
             if session.has(Intent.GUILDS):
                 session.dispatch("GUILD_CREATE", guild.create_dict())
         self._notify()
@@ -1018,7 +1027,7 @@ class FakeDiscord:
     def remove_guild(self, guild_id: int) -> None:
         """The bot leaves (is removed from) a guild: GUILD_DELETE."""
         self._guilds.pop(guild_id)
-        for session in self._ready_sessions():
+        for session in self._ready_sessions(guild_id):
             if session.has(Intent.GUILDS):
                 session.dispatch("GUILD_DELETE", {"id": str(guild_id)})
 
@@ -1038,7 +1047,7 @@ class FakeDiscord:
         )
         guild.channels[channel_id] = channel
         self._channels[channel_id] = channel
-        for session in self._ready_sessions():
+        for session in self._ready_sessions(guild_id):
             if session.has(Intent.GUILDS):
                 session.dispatch("CHANNEL_CREATE", channel.to_dict())
         self._notify()
@@ -1066,7 +1075,7 @@ class FakeDiscord:
             roles.append(role_id)
         member = FakeMember(guild_id, user, roles, self._iso(), permissions, nick)
         guild.members[user_id] = member
-        for session in self._ready_sessions():
+        for session in self._ready_sessions(guild_id):
             if session.has(Intent.GUILDS):
                 for role_id in roles:
                     role = guild.roles[role_id].to_dict()
@@ -1138,7 +1147,7 @@ class FakeDiscord:
             channel.overwrites[self.bot_user_id] = (1, 0, deny)
         else:
             channel.overwrites.pop(self.bot_user_id, None)
-        for session in self._ready_sessions():
+        for session in self._ready_sessions(channel.guild_id):
             if session.has(Intent.GUILDS):
                 session.dispatch("CHANNEL_UPDATE", channel.to_dict())
         self._notify()
@@ -1246,8 +1255,25 @@ class FakeDiscord:
 
         return await self._wait(probe, timeout, f"a message in channel {channel_id}")
 
-    def _ready_sessions(self) -> list[GatewaySession]:
-        return [s for s in self.sessions if s.ready and not s.closed]
+    def _ready_sessions(self, guild_id: int | None = None) -> list[GatewaySession]:
+        """Open sessions that got READY; with ``guild_id``, only those whose shard serves
+        that guild (``(guild_id >> 22) % shard_count == shard_id``, as Discord routes)."""
+        return [s for s in self.sessions if s.ready and not s.closed
+                and (guild_id is None or self.serves(s, guild_id))]
+
+    @staticmethod
+    def serves(session: GatewaySession, guild_id: int) -> bool:
+        """Whether the session's shard (from its IDENTIFY) receives the guild's events."""
+        shard = (session.identify or {}).get("shard")
+        if not shard:
+            return True
+        shard_id, count = int(shard[0]), int(shard[1])
+        return (guild_id >> 22) % max(count, 1) == shard_id
+
+    def session_for_guild(self, guild_id: int) -> GatewaySession | None:
+        """The newest ready session whose shard serves the guild."""
+        ready = self._ready_sessions(guild_id)
+        return ready[-1] if ready else None
 
     def active_session(self) -> GatewaySession | None:
         """The newest open gateway session that got READY (or RESUMED)."""
@@ -1422,7 +1448,7 @@ class FakeDiscord:
                      "email": None, "bio": ""},
             "user_settings": {},
             "guilds": [{"id": str(g), "unavailable": True} for g in self._guilds
-                       if g != _DM_ROOMS],
+                       if g != _DM_ROOMS and self.serves(_Sharded(data), g)],
             "session_id": session.session_id,
             "session_type": "normal",
             "resume_gateway_url": self.gateway_url,
@@ -1440,7 +1466,7 @@ class FakeDiscord:
         last = session.dispatch("READY", ready)
         if intents & Intent.GUILDS:
             for guild in self._guilds.values():
-                if guild.id == _DM_ROOMS:
+                if guild.id == _DM_ROOMS or not self.serves(session, guild.id):
                     continue
                 last = session.dispatch("GUILD_CREATE", guild.create_dict())
         self._spawn(self._mark_ready(session, last))
@@ -1508,7 +1534,7 @@ class FakeDiscord:
         member = self._guilds[channel.guild_id].members.get(author_id)
         if member is not None:
             public["member"] = member.to_dict(with_user=False)
-        for session in self._ready_sessions():
+        for session in self._ready_sessions(channel.guild_id):
             if not session.has(Intent.GUILD_MESSAGES):
                 continue
             data = public
@@ -2105,7 +2131,7 @@ class FakeDiscord:
         message["deleted"] = True
         self.deleted_messages.append(message)
         if not message["flags"] & MessageFlag.EPHEMERAL:
-            for session in self._ready_sessions():
+            for session in self._ready_sessions(channel.guild_id):
                 if session.has(Intent.GUILD_MESSAGES):
                     session.dispatch("MESSAGE_DELETE", {
                         "id": message["id"], "channel_id": message["channel_id"],
@@ -2178,7 +2204,7 @@ class FakeDiscord:
     def _r_gateway_bot(self, req: _Request) -> tuple[int, Any]:
         return 200, {
             "url": self.gateway_url,
-            "shards": 1,
+            "shards": self.recommended_shards,
             "session_start_limit": {"total": 1000, "remaining": 999,
                                     "reset_after": 14400000, "max_concurrency": 1},
         }
@@ -2643,10 +2669,10 @@ class FakeDiscord:
         source_message_id: int | None = None,
         integration_owners: Mapping[str, str] | None = None,
     ) -> InteractionRecord:
-        session = self.active_session()
+        channel = self._channels[channel_id]
+        session = self.session_for_guild(channel.guild_id)
         if session is None:
             raise RuntimeError("no bot is connected to the fake gateway (wait_until_ready first)")
-        channel = self._channels[channel_id]
         guild = self._guilds[channel.guild_id]
         member = self._member_payload(guild, user_id, channel)
         iid = self._snowflake()
