@@ -13,6 +13,7 @@ import aiohttp
 from bot.jobs.delivery import Delivery
 from bot.jobs.downloads import OutputDownloader
 from bot.jobs.engine import EnginePolicy, JobEngine
+from bot.jobs.leases import Leases
 from bot.jobs.store import JobStore
 from bot.metrics import Metrics
 from bot.modelslab.client import ModelsLabClient
@@ -50,7 +51,8 @@ class Services:
             self.store, self.client, self.delivery, OutputDownloader(self.session),
             policy=EnginePolicy(max_concurrency=s.modelslab_max_concurrency,
                                 max_pause=s.modelslab_max_pause),
-            public_base_url=s.public_base_url, metrics=self.metrics)
+            public_base_url=s.public_base_url, metrics=self.metrics,
+            leases=Leases(self.store, period=s.job_lease_seconds))
         self.web = WebServer(create_app(self.engine), s.web_host, s.web_port)
         await self.web.start()
         await self._start_metrics()

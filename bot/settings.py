@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     # SHARD_IDS is set), and which of them this process serves (unset: all of them).
     shard_count: Annotated[int, Field(ge=1, le=10000)] | None = None
     shard_ids: str | None = None
+    # Several processes: a job step held by a process that died is taken over by the others
+    # within two of these periods.
+    job_lease_seconds: Annotated[float, Field(ge=0.5, le=300)] = 10.0
     dev_guild_id: Annotated[int, Field(gt=0)] | None = None
     default_model_id: str = "pony_realism"
     daily_image_quota: Annotated[int, Field(ge=0)] = 20

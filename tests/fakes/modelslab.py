@@ -560,6 +560,8 @@ class FakeModelsLab:
         self.requests: list[RecordedRequest] = []
         self.cdn_requests: list[RecordedRequest] = []
         self.jobs: dict[str, FakeJob] = {}
+        self.peak_processing = 0
+        """The most jobs processing at once (counted as each job is created)."""
         self.webhook_results: list[int | None] = []
         self.webhook_deliveries: list[WebhookDelivery] = []
 
@@ -1069,6 +1071,7 @@ class FakeModelsLab:
             fail_with=self._fail_next.popleft() if self._fail_next else None,
         )
         self.jobs[str(job_id)] = job
+        self.peak_processing = max(self.peak_processing, len(self.processing_jobs))
         for n, file_name in enumerate(files):
             self._outputs[file_name] = (str(job_id), n)
         return job
