@@ -71,6 +71,9 @@ class Metrics:
         self.deliveries = Counter("remixer_deliveries",
                                   "Result delivery attempts, by where they went or failed.",
                                   ["outcome"], registry=r)
+        self.process = Gauge("remixer_process_info", "This bot process (1): its name, its "
+                             "gateway shards and its database.",
+                             ["process", "shards", "database"], registry=r)
         # Every series exists from the start (at 0), so rates and alerts need no special case.
         for state in JobStatus:
             self.jobs.labels(state.value)

@@ -53,6 +53,12 @@ class Services:
                                 max_pause=s.modelslab_max_pause),
             public_base_url=s.public_base_url, metrics=self.metrics,
             leases=Leases(self.store, period=s.job_lease_seconds))
+        shards = s.shards if s.shards is not None else list(range(s.shard_count or 1))
+        self.engine.process_info = {"process": self.engine.leases.owner, "shards": shards,
+                                    "shard_count": s.shard_count or 1,
+                                    "database_backend": self.store.backend}
+        self.metrics.process.labels(self.engine.leases.owner, ",".join(map(str, shards)),
+                                    self.store.backend).set(1)
         self.web = WebServer(create_app(self.engine), s.web_host, s.web_port)
         await self.web.start()
         await self._start_metrics()

@@ -104,6 +104,7 @@ class JobEngine:
         self._stopping = False
         self._last_sweep = 0.0
         self._last_takeover = 0.0
+        self.process_info: dict[str, Any] = {}  # for /healthz: which process, shards, database
         self._last_status = 0.0
 
     # --- life cycle ---------------------------------------------------------------------

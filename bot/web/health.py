@@ -133,6 +133,7 @@ async def healthz(request: web.Request) -> web.Response:
         database_ok = await engine.store.ping()
         body: dict[str, object] = {"status": "ok" if database_ok else "degraded",
                                    "database": "ok" if database_ok else "unreachable"}
+        body.update(getattr(engine, "process_info", {}))  # which process, shards, database
         if database_ok:
             counts = await engine.store.counts()
             body["queue_depth"] = counts[JobStatus.QUEUED]

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+import aiohttp
 import asyncpg
 import pytest
 import pytest_asyncio
@@ -321,3 +322,18 @@ async def test_a_rolling_restart_loses_no_command_and_repeats_none(cluster):
         await delivered_once(cluster, jobs, within=90)
     finally:
         cluster.modelslab.auto_complete_after = 0.3
+
+
+async def test_each_process_reports_its_shards_and_database(cluster):
+    async with aiohttp.ClientSession() as http:
+        for index, bot in enumerate(cluster.bots):
+            async with http.get(f"http://127.0.0.1:{bot.port}/healthz") as response:
+                health = await response.json()
+            assert health["status"] == "ok" and health["database_backend"] == "postgresql"
+            assert health["shards"] == [index] and health["shard_count"] == SHARDS
+            assert health["process"].split(":")[1] == str(bot.proc.pid)
+            metrics_port = bot.env["METRICS_PORT"]
+            async with http.get(f"http://127.0.0.1:{metrics_port}/metrics") as response:
+                text = await response.text()
+            assert (f'remixer_process_info{{database="postgresql",process="{health["process"]}"'
+                    f',shards="{index}"}} 1.0') in text
