@@ -339,3 +339,19 @@ async def test_purging_delivered_images_gives_the_space_back(sqlite_store, tmp_p
 
 def file_bytes(path) -> int:
     return Path(path).stat().st_size if Path(path).exists() else 0
+
+
+async def test_on_postgresql_the_claim_skips_locked_rows_and_overrides_still_match(
+        postgres_server):
+    """The hand-written PostgreSQL statements are keyed by the store's SQLite text: when a
+    statement changes, its override must change with it (this fails until it does)."""
+    store = await JobStore.open(postgres_server.fresh_database())
+    try:
+        await store.create(new_job())
+        assert (await store.claim_next(now=1.0)) is not None
+        await store.models_used(10)
+        run = [t.sql for t in store._db.dialect._cache.values()]
+        assert any("FOR UPDATE OF j SKIP LOCKED" in sql for sql in run)
+        assert any("AS used WHERE model IS NOT NULL" in sql for sql in run)
+    finally:
+        await store.close()
