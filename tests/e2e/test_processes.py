@@ -6,17 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import time
-from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import aiohttp
-import asyncpg
 import pytest
 import pytest_asyncio
 
-from tests.e2e.conftest import ALICE, BOB, _channel_ids, bot_settings, start_world
-from tests.e2e.harness import BotProcess, free_port
+from tests.e2e.cluster import Cluster, start_cluster, until
+from tests.e2e.cluster import guild_of_shard as cluster_guild
+from tests.e2e.conftest import ALICE, BOB, start_world
 
 # The flows members use, run again here on a bot whose store is PostgreSQL.
 from tests.e2e.test_generate import (  # noqa: F401
@@ -35,7 +33,6 @@ from tests.e2e.test_quotas import (  # noqa: F401
     test_member_override_and_server_limit_apply_to_the_next_command,
     test_one_member_cannot_fill_the_queue,
 )
-from tests.fakes import FakeDiscord, FakeModelsLab, png_bytes
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -60,119 +57,16 @@ _prompts = itertools.count(1)
 
 
 def guild_of_shard(shard: int) -> int:
-    """A server id that Discord routes to ``shard``: ``(id >> 22) % SHARDS == shard``."""
-    return ((SHARDS + shard) << 22) + 7
-
-
-@dataclass
-class Cluster:
-    discord: FakeDiscord
-    modelslab: FakeModelsLab
-    bots: list[BotProcess]
-    ports: list[int]
-    database: str
-
-    def channel(self, shard: int) -> int:
-        channel_id = next(_channel_ids)
-        self.discord.add_channel(guild_of_shard(shard), channel_id, f"room-{channel_id}")
-        return channel_id
-
-    def image(self) -> dict:
-        return self.discord.add_attachment("photo.png", png_bytes(320, 240, (200, 90, 30)),
-                                           "image/png")
-
-    def bot_serving(self, port: int) -> BotProcess:
-        return self.bots[self.ports.index(port)]
-
-    async def sql(self, query: str, *args):
-        conn = await asyncpg.connect(self.database)
-        try:
-            return await conn.fetch(query, *args)
-        finally:
-            await conn.close()
-
-    async def lease_holder(self, track_id: str, step: str) -> BotProcess:
-        """The process holding the job's lease for ``step`` (its owner names its pid)."""
-        async def holder():
-            rows = await self.sql("SELECT owner FROM job_leases WHERE track_id = $1 "
-                                  "AND step = $2", track_id, step)
-            if not rows:
-                return None
-            pid = int(rows[0]["owner"].split(":")[1])
-            return next((b for b in self.bots if b.alive() and b.proc.pid == pid), None)
-        return await until(holder, within=30)
-
-    async def status(self, track_id: str) -> str | None:
-        rows = await self.sql("SELECT status FROM jobs WHERE track_id = $1", track_id)
-        return rows[0]["status"] if rows else None
-
-    async def start(self, index: int) -> None:
-        """Start bot ``index`` (again) and wait until its shard's session is ready."""
-        before = len(self.discord.sessions)
-        self.bots[index].start()
-        guild = guild_of_shard(index)
-
-        async def ready():
-            session = self.discord.session_for_guild(guild)
-            return session if session is not None and session.index > before else None
-        try:
-            await until(ready, within=60)
-        except AssertionError:
-            raise AssertionError(f"bot {index} never became ready:\n"
-                                 + self.bots[index].log()[-4000:]) from None
-
-
-async def until(probe, within: float = 30.0):
-    """The first true value of ``probe()`` (sync or async), waiting up to ``within``."""
-    deadline = time.monotonic() + within
-    while True:
-        value = probe()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.05)
+    return cluster_guild(shard, SHARDS)
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def cluster(tmp_path_factory, postgres_server):
-    tmp = tmp_path_factory.mktemp("cluster")
-    discord_fake = FakeDiscord()
-    await discord_fake.start()
-    modelslab = FakeModelsLab()
-    await modelslab.start()
-    modelslab.auto_complete_after = 0.3
-    modelslab.eta = 0.3
-    for shard in range(SHARDS):
-        guild = guild_of_shard(shard)
-        discord_fake.add_guild(guild, f"Shard {shard} server", owner_id=ALICE)
-        for member in MEMBERS:
-            discord_fake.add_member(guild, member, f"member{member}")
-    database = postgres_server.fresh_database()
-    ports = [free_port() for _ in range(SHARDS)]
-    bots = []
-    for index in range(SHARDS):
-        workdir = tmp / f"bot{index}"
-        workdir.mkdir()
-        env = bot_settings(
-            discord_fake, modelslab, workdir, DATABASE_URL=database,
-            SHARD_COUNT=str(SHARDS), SHARD_IDS=str(index), WEB_PORT=str(ports[index]),
-            # Each process's webhooks arrive at the next process, never at itself.
-            PUBLIC_BASE_URL=f"http://127.0.0.1:{ports[(index + 1) % SHARDS]}",
-            MODELSLAB_MAX_CONCURRENCY=str(LIMIT), JOB_LEASE_SECONDS=str(LEASE))
-        bots.append(BotProcess(env, workdir))
-    world = Cluster(discord_fake, modelslab, bots, ports, database)
-    try:
-        for index in range(SHARDS):
-            await world.start(index)
-        await until(lambda: discord_fake.command_syncs, within=30)
-        yield world
-    finally:
-        for bot in bots:
-            await bot.terminate()
-        await modelslab.close()
-        await discord_fake.close()
+    world = await start_cluster(
+        tmp_path_factory.mktemp("cluster"), postgres_server.fresh_database(), SHARDS,
+        members=MEMBERS, MODELSLAB_MAX_CONCURRENCY=str(LIMIT), JOB_LEASE_SECONDS=str(LEASE))
+    yield world
+    await world.stop()
 
 
 def results(cluster: Cluster, channel: int, user: int, prompt: str) -> list[dict]:
