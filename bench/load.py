@@ -2,6 +2,13 @@
 mode and in polling mode, over the local fake Discord and fake ModelsLab.
 
     .venv/bin/python -m bench.load [--members 100] [--generation 2.5] [--slots 5]
+    .venv/bin/python -m bench.load --processes 3 --database postgresql
+
+With ``--database postgresql`` a PostgreSQL server is started on loopback (as the tests
+start theirs) and the deep queue runs on 1, 2 ... ``--processes`` bot processes sharing it,
+one gateway shard each, next to one process on SQLite in the same run; with two processes
+or more, one of them is SIGKILLed mid-run and the time until its leased job steps are taken
+over is printed against the lease period.
 
 The bot runs as its own process (`python -m bot`), exactly as in the end-to-end tests. Each
 member sends one /img2img at the same moment; the fake ModelsLab takes --generation seconds
@@ -106,6 +113,149 @@ async def one_mode(mode: str, members: int, generation: float, slots: int) -> di
         await stop()
 
 
+LEASE = 2.0  # JOB_LEASE_SECONDS in the several-process runs
+
+
+async def cluster_mode(processes: int, server, members: int, generation: float,
+                       slots: int) -> dict:
+    """The deep queue on ``processes`` bots sharing one PostgreSQL database (webhook mode);
+    with two or more, the process holding the most job leases is SIGKILLed mid-run."""
+    from tests.e2e.cluster import start_cluster
+
+    users = [FIRST_MEMBER + n for n in range(members)]
+    cluster = await start_cluster(
+        Path(tempfile.mkdtemp(prefix=f"remixer-load-pg{processes}-")),
+        server.fresh_database(), processes, members=users,
+        MODELSLAB_MAX_CONCURRENCY=str(slots), DAILY_IMAGE_QUOTA="1000", LOG_LEVEL="WARNING",
+        JOB_LEASE_SECONDS=str(LEASE))
+    try:
+        fake_ml, fake_dc = cluster.modelslab, cluster.discord
+        fake_ml.auto_complete_after = generation
+        fake_ml.eta = generation
+        fake_ml.queue_limit = slots
+        channels = [cluster.channel(shard) for shard in range(processes)]
+        image = cluster.image()
+        wall_minus_mono = time.time() - time.monotonic()
+        started = time.monotonic()
+        interactions = await asyncio.gather(*(
+            fake_dc.slash(user, channels[n % processes], "img2img",
+                          {"image": image, "prompt": f"job {user}"})
+            for n, user in enumerate(users)))
+        await asyncio.gather(*(ix.response(timeout=60) for ix in interactions))
+        acks = [ix.response_latency * 1000 for ix in interactions]
+        posted = _posted(fake_dc)
+        takeover = None
+        if processes > 1:
+            await settle(_async(lambda: len(posted())), lambda n: n >= members // 3,
+                         within=60 + members * generation / slots * 3)
+            takeover = await _kill_and_time_takeover(cluster)
+        await settle(_async(lambda: len(posted())), lambda n: n >= members,
+                     within=60 + members * generation / slots * 3)
+        await asyncio.sleep(1.0)  # room for duplicates to show
+        result = _figures(fake_ml, posted(), members, slots, generation, wall_minus_mono)
+        result.update(acks=acks, wall=time.monotonic() - started, takeover=takeover,
+                      rss=max(peak_rss_mib(b.proc.pid) for b in cluster.bots if b.alive()))
+        return result
+    finally:
+        await cluster.stop()
+
+
+async def _kill_and_time_takeover(cluster) -> float | None:
+    """SIGKILL the process holding the most job leases; seconds until another process
+    holds (or has finished) every job step it held."""
+    deadline = time.monotonic() + 30
+    while not (rows := await cluster.sql("SELECT owner, track_id FROM job_leases")):
+        if time.monotonic() > deadline:  # nothing was ever in progress at a sample
+            return None
+        await asyncio.sleep(0.005)
+    held: dict[int, list[str]] = {}
+    for row in rows:
+        held.setdefault(int(row["owner"].split(":")[1]), []).append(row["track_id"])
+    pid = max(held, key=lambda p: len(held[p]), default=None)
+    victim = cluster.bot_with_pid(pid) if pid is not None else None
+    if victim is None:
+        return None
+    owner = next(r["owner"] for r in rows if int(r["owner"].split(":")[1]) == pid)
+    killed_at = time.monotonic()
+    victim.kill()
+    took = float("inf")
+    while time.monotonic() - killed_at < 30 * LEASE:
+        left = await cluster.sql("SELECT COUNT(*) FROM job_leases WHERE owner = $1", owner)
+        if left[0][0] == 0:
+            took = time.monotonic() - killed_at
+            break
+        await asyncio.sleep(0.05)
+    await cluster.start(cluster.bots.index(victim))  # as a supervisor would restart it
+    return took
+
+
+def _posted(fake_dc):
+    def posted() -> dict[str, list]:
+        found: dict[str, list] = {}
+        for call in fake_dc.rest_log:
+            if call.method != "POST" or call.status != 200 or not isinstance(call.json, dict):
+                continue
+            content = call.json.get("content") or ""
+            if "your image is ready" in content:
+                prompt = content.split("\n> ", 1)[1].split("\n", 1)[0]
+                found.setdefault(prompt, []).append(call)
+        return found
+    return posted
+
+
+def _figures(fake_ml, results: dict, members: int, slots: int, generation: float,
+             wall_minus_mono: float) -> dict:
+    jobs = {job.body["prompt"]: job for job in fake_ml.jobs.values()}
+    overheads = []
+    for prompt, calls in results.items():
+        job = jobs.get(prompt)
+        if job is not None and job.finished is not None:
+            overheads.append((calls[0].time - (job.finished + wall_minus_mono)) * 1000)
+    finished = [j.finished for j in fake_ml.jobs.values() if j.finished is not None]
+    first_submit = min(j.created for j in fake_ml.jobs.values())
+    makespan = max(finished) - first_submit
+    busy = sum(j.finished - j.created for j in fake_ml.jobs.values() if j.finished)
+    return {
+        "overheads": overheads,
+        "utilisation": busy / (slots * makespan) if makespan > 0 else float("nan"),
+        "ideal_makespan": -(-members // slots) * generation,
+        "makespan": makespan,
+        "rate_limited": sum(1 for r in fake_ml.requests
+                            if r.response and r.response.status == 429),
+        "lost": members - len(results),
+        "duplicated": sum(len(calls) - 1 for calls in results.values()),
+        "submits": len(fake_ml.submits),
+        "peak": fake_ml.peak_processing,
+    }
+
+
+def _print_deep_queue(label: str, r: dict, slots: int) -> None:
+    print(f"{label:<26} util {r['utilisation'] * 100:5.1f} %   posted p99 "
+          f"{percentile(r['overheads'], 99) if r['overheads'] else float('nan'):7.1f} ms   "
+          f"ack p99 {percentile(r['acks'], 99):7.1f} ms   peak at API "
+          f"{r.get('peak', '?')}/{slots}   lost {r['lost']}   dup {r['duplicated']}   "
+          f"submits {r['submits']}"
+          + (f"   takeover {r['takeover']:.1f} s (lease {LEASE:.0f} s)"
+             if r.get("takeover") is not None else ""))
+
+
+async def compare_databases(processes: int, members: int, generation: float,
+                            slots: int) -> None:
+    from tests.support.postgres import running_postgres
+
+    print(f"{members} members send /img2img at once; ModelsLab takes {generation} s a job and "
+          f"allows {slots} queued; MODELSLAB_MAX_CONCURRENCY={slots} (for all processes)")
+    print("\n== deep queue: SQLite (one process) next to PostgreSQL (1..N processes) ==")
+    r = await one_mode("webhook", members, generation, slots)
+    _print_deep_queue("sqlite, 1 process", r, slots)
+    with running_postgres() as server:
+        for n in range(1, processes + 1):
+            r = await cluster_mode(n, server, members, generation, slots)
+            _print_deep_queue(f"postgresql, {n} process{'es' if n > 1 else ''}", r, slots)
+    print("targets: utilisation >= 95 % of the ideal, result -> posted p99 <= 1000 ms, "
+          f"takeover <= {2 * LEASE:.0f} s (2 lease periods)")
+
+
 async def main(members: int, generation: float, slots: int) -> None:
     print(f"{members} members send /img2img at once; ModelsLab takes {generation} s a job and "
           f"allows {slots} queued; MODELSLAB_MAX_CONCURRENCY={slots}")
@@ -128,5 +278,12 @@ if __name__ == "__main__":
     parser.add_argument("--members", type=int, default=100)
     parser.add_argument("--generation", type=float, default=2.5)
     parser.add_argument("--slots", type=int, default=5)
+    parser.add_argument("--processes", type=int, default=1,
+                        help="with --database postgresql: up to this many bot processes")
+    parser.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite")
     args = parser.parse_args()
-    asyncio.run(main(args.members, args.generation, args.slots))
+    if args.database == "postgresql":
+        asyncio.run(compare_databases(args.processes, args.members, args.generation,
+                                      args.slots))
+    else:
+        asyncio.run(main(args.members, args.generation, args.slots))

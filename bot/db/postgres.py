@@ -29,6 +29,10 @@ CHANNEL = "remixer_jobs"  # LISTEN/NOTIFY: new work or a free API slot
 Params = Sequence[Any] | Mapping[str, Any]
 
 
+def _lock_key(name: str) -> int:
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
 class PgConnection:
     """One connection, inside a transaction: the ``db`` a store's ``_write()`` yields."""
 
@@ -66,6 +70,7 @@ class PgDatabase:
         self.url = url
         self._primary_keys: dict[str, tuple[str, ...]] = {}
         self._listener: asyncpg.Connection | None = None
+        self._leading: dict[int, asyncpg.Connection] = {}
         self.dialect = Dialect(lambda table: self._primary_keys.get(table, ()))
 
     @classmethod
@@ -74,6 +79,9 @@ class PgDatabase:
         return cls(pool, url)
 
     async def close(self) -> None:
+        for conn in self._leading.values():
+            await conn.close()
+        self._leading.clear()
         if self._listener is not None:
             await self._listener.close()
             self._listener = None
@@ -104,13 +112,29 @@ class PgDatabase:
     async def advisory_lock(self, name: str) -> AsyncIterator[None]:
         """Held by one connection (one process) at a time, until the block ends; released by
         PostgreSQL itself if the process dies."""
-        key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+        key = _lock_key(name)
         async with self.pool.acquire() as conn:
             await conn.execute("SELECT pg_advisory_lock($1)", key)
             try:
                 yield
             finally:
                 await conn.execute("SELECT pg_advisory_unlock($1)", key)
+
+    async def lead(self, name: str) -> bool:
+        """Hold (or try to take) the session advisory lock ``name`` on a connection of its
+        own, kept open: True while this process holds it."""
+        key = _lock_key(name)
+        if key in self._leading:
+            conn = self._leading[key]
+            if not conn.is_closed():
+                return True
+            del self._leading[key]
+        conn = await asyncpg.connect(self.url)
+        if await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
+            self._leading[key] = conn
+            return True
+        await conn.close()
+        return False
 
     async def notify(self) -> None:
         await self.pool.execute("SELECT pg_notify($1, '')", CHANNEL)

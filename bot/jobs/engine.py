@@ -445,7 +445,8 @@ class JobEngine:
                     await self._sweep()
                 if now - self._last_status >= self.policy.status_interval:
                     self._last_status = now
-                    await self._queue_status()
+                    if await self.store.lead("queue-status"):  # one process of the bot
+                        await self._queue_status()
                 next_poll = await self.store.next_poll_time()
                 if next_poll is not None:
                     wait = max(0.01, min(wait, next_poll - self.clock()))

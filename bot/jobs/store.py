@@ -412,6 +412,14 @@ class JobStore:
         async with lock:
             yield
 
+    async def lead(self, name: str) -> bool:
+        """Whether this process is the one doing the once-per-bot duty ``name`` (queue
+        status, sweeps): on PostgreSQL the holder of an advisory lock kept for the life of
+        the process (another takes it over if it dies); always on SQLite (one process)."""
+        if isinstance(self._db, PgDatabase):
+            return await self._db.lead(name)
+        return True
+
     async def notify(self) -> None:
         """Wake the other processes' dispatchers (new work, a free slot): PostgreSQL only."""
         if isinstance(self._db, PgDatabase):
@@ -454,6 +462,9 @@ class JobStore:
             "SELECT status, COUNT(*) FROM jobs WHERE status != 'delivered' GROUP BY status")
         found = {JobStatus(status): n for status, n in rows}
         found[JobStatus.DELIVERED] = self._delivered
+        if isinstance(self._db, PgDatabase):  # other processes deliver too
+            found[JobStatus.DELIVERED] = (await self._fetchone(
+                "SELECT COUNT(*) FROM jobs WHERE status = 'delivered'"))[0]
         return {status: found.get(status, 0) for status in JobStatus}
 
     async def in_flight(self) -> int:
