@@ -7,8 +7,9 @@ mode and in polling mode, over the local fake Discord and fake ModelsLab.
 With ``--database postgresql`` a PostgreSQL server is started on loopback (as the tests
 start theirs) and the deep queue runs on 1, 2 ... ``--processes`` bot processes sharing it,
 one gateway shard each, next to one process on SQLite in the same run; with two processes
-or more, one of them is SIGKILLed mid-run and the time until its leased job steps are taken
-over is printed against the lease period.
+or more, a further batch follows in which the process holding the most job leases is
+SIGKILLed, and the time until its job steps are taken over is printed against the lease
+period (lost and duplicated results count both batches).
 
 The bot runs as its own process (`python -m bot`), exactly as in the end-to-end tests. Each
 member sends one /img2img at the same moment; the fake ModelsLab takes --generation seconds
@@ -119,7 +120,7 @@ LEASE = 2.0  # JOB_LEASE_SECONDS in the several-process runs
 async def cluster_mode(processes: int, server, members: int, generation: float,
                        slots: int) -> dict:
     """The deep queue on ``processes`` bots sharing one PostgreSQL database (webhook mode);
-    with two or more, the process holding the most job leases is SIGKILLed mid-run."""
+    with two or more, then a batch with a SIGKILL (see ``_kill_and_time_takeover``)."""
     from tests.e2e.cluster import start_cluster
 
     users = [FIRST_MEMBER + n for n in range(members)]
@@ -144,17 +145,31 @@ async def cluster_mode(processes: int, server, members: int, generation: float,
         await asyncio.gather(*(ix.response(timeout=60) for ix in interactions))
         acks = [ix.response_latency * 1000 for ix in interactions]
         posted = _posted(fake_dc)
-        takeover = None
-        if processes > 1:
-            await settle(_async(lambda: len(posted())), lambda n: n >= members // 3,
-                         within=60 + members * generation / slots * 3)
-            takeover = await _kill_and_time_takeover(cluster)
         await settle(_async(lambda: len(posted())), lambda n: n >= members,
                      within=60 + members * generation / slots * 3)
         await asyncio.sleep(1.0)  # room for duplicates to show
         result = _figures(fake_ml, posted(), members, slots, generation, wall_minus_mono)
-        result.update(acks=acks, wall=time.monotonic() - started, takeover=takeover,
+        result.update(acks=acks, wall=time.monotonic() - started, takeover=None,
                       rss=max(peak_rss_mib(b.proc.pid) for b in cluster.bots if b.alive()))
+        if processes > 1:  # then a smaller batch, with a SIGKILL in the middle of it
+            extra = [FIRST_MEMBER + members + n for n in range(4 * processes)]
+            for user in extra:
+                for shard in range(processes):
+                    fake_dc.add_member(cluster.guild(shard), user, f"member{user}")
+            await asyncio.gather(*(
+                fake_dc.slash(user, channels[n % processes], "img2img",
+                              {"image": image, "prompt": f"job {user}"})
+                for n, user in enumerate(extra)))
+            result["takeover"] = await _kill_and_time_takeover(cluster)
+            total = members + len(extra)
+            await settle(_async(lambda: len(posted())), lambda n: n >= total,
+                         within=120 + len(extra) * generation)
+            await asyncio.sleep(2 * LEASE)
+            after = posted()
+            result["lost"] = total - len(after)
+            result["duplicated"] = sum(len(calls) - 1 for calls in after.values())
+            result["submits"] = len(fake_ml.submits)
+            result["peak"] = fake_ml.peak_processing
         return result
     finally:
         await cluster.stop()

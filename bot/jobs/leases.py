@@ -52,11 +52,12 @@ class Leases:
         self.shared = store.backend == "postgresql"  # several processes may share the store
         self._renewer: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
+    async def start(self, *, renew: bool = True) -> None:
         if not self.shared:
             return
         await self.store.write(_TABLE)
-        self._renewer = asyncio.create_task(self._renew_loop(), name="leases-renew")
+        if renew:
+            self._renewer = asyncio.create_task(self._renew_loop(), name="leases-renew")
 
     async def stop(self) -> None:
         if self._renewer is not None:
@@ -110,8 +111,12 @@ class Leases:
         if not self.shared:
             return []
         now = self.clock()
-        await self.store.write("DELETE FROM job_leases WHERE expires_at < ?",
-                               (now - 20 * self.period,))
+        # Run-out leases of jobs that need no taking over (processing: any process polls
+        # it and takes its webhook) are dropped, and any lease long run out.
+        await self.store.write(
+            "DELETE FROM job_leases WHERE expires_at < ? OR (expires_at < ? AND track_id "
+            "NOT IN (SELECT track_id FROM jobs WHERE status IN ('submitted', 'succeeded', "
+            "'failed')))", (now - 20 * self.period, now))
         rows = await self.store.read(
             "SELECT * FROM jobs WHERE status IN ('submitted', 'succeeded', 'failed') "
             "AND NOT (status = 'submitted' AND awaiting_webhook = 1) AND ("

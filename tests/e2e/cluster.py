@@ -87,10 +87,12 @@ class Cluster:
         rows = await self.sql("SELECT status FROM jobs WHERE track_id = $1", track_id)
         return rows[0]["status"] if rows else None
 
-    async def start(self, index: int) -> None:
-        """Start bot ``index`` (again) and wait until its shard's session is ready."""
-        before = len(self.discord.sessions)
-        self.bots[index].start()
+    async def start(self, index: int, *, before: int | None = None) -> None:
+        """Start bot ``index`` (again) and wait until its shard's session is ready
+        (``before``: already started; sessions before this one are not its)."""
+        if before is None:
+            before = len(self.discord.sessions)
+            self.bots[index].start()
         guild = self.guild(index)
 
         async def ready():
@@ -110,10 +112,11 @@ class Cluster:
 
 
 async def start_cluster(tmp: Path, database: str, processes: int, *,
-                        members: Iterable[int] = (ALICE,), **settings: str) -> Cluster:
+                        members: Iterable[int] = (ALICE,), together: bool = False,
+                        **settings: str) -> Cluster:
     """``processes`` bots, bot ``i`` serving shard ``i`` of ``processes``, each with its own
     web port; each process's webhooks arrive at the next process, never at itself. A server
-    per shard, with ``members`` in each."""
+    per shard, with ``members`` in each. ``together``: all started at the same moment."""
     discord_fake = FakeDiscord()
     await discord_fake.start()
     modelslab = FakeModelsLab()
@@ -139,8 +142,15 @@ async def start_cluster(tmp: Path, database: str, processes: int, *,
         bots.append(BotProcess(env, workdir))
     cluster = Cluster(discord_fake, modelslab, bots, ports, database)
     try:
-        for index in range(processes):
-            await cluster.start(index)
+        if together:
+            before = len(discord_fake.sessions)
+            for bot in bots:
+                bot.start()
+            for index in range(processes):
+                await cluster.start(index, before=before)
+        else:
+            for index in range(processes):
+                await cluster.start(index)
         await until(lambda: discord_fake.command_syncs, within=30)
     except BaseException:
         await cluster.stop()

@@ -231,3 +231,21 @@ async def test_each_process_reports_its_shards_and_database(cluster):
                 text = await response.text()
             assert (f'remixer_process_info{{database="postgresql",process="{health["process"]}"'
                     f',shards="{index}"}} 1.0') in text
+
+
+async def test_processes_starting_together_migrate_and_sync_commands_once(
+        tmp_path, postgres_server):
+    cluster = await start_cluster(tmp_path, postgres_server.fresh_database(), SHARDS,
+                                  together=True)
+    try:
+        await asyncio.sleep(2 * LEASE)  # room for a late second sync
+        assert [kind for kind, _, _ in cluster.discord.command_syncs] == ["global"]
+        rows = await cluster.sql("SELECT version FROM schema_version")
+        assert len(rows) == 1
+        channel = cluster.channel(2)
+        ix = await cluster.discord.slash(ALICE, channel, "img2img", {
+            "image": cluster.image(), "prompt": "started together"})
+        await ix.response()
+        await until(lambda: results(cluster, channel, ALICE, "started together"))
+    finally:
+        await cluster.stop()
