@@ -160,8 +160,12 @@ async def cluster_mode(processes: int, server, members: int, generation: float,
                 fake_dc.slash(user, channels[n % processes], "img2img",
                               {"image": image, "prompt": f"job {user}"})
                 for n, user in enumerate(extra)))
-            result["takeover"] = await _kill_and_time_takeover(cluster)
             total = members + len(extra)
+
+            async def persisted() -> int:  # a command dies with its process until then
+                return (await cluster.sql("SELECT COUNT(*) FROM jobs"))[0][0]
+            await settle(persisted, lambda n: n >= total, within=60)
+            result["takeover"] = await _kill_and_time_takeover(cluster)
             await settle(_async(lambda: len(posted())), lambda n: n >= total,
                          within=120 + len(extra) * generation)
             await asyncio.sleep(2 * LEASE)
