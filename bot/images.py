@@ -4,7 +4,7 @@ Every refusal is an :class:`ImageRejected` whose ``str()`` is one sentence a mem
 on, naming the attachment ("The mask is not an image Remixer can read: ...").
 
 The work here is CPU-bound (a full decode of up to :data:`MAX_PIXELS` pixels): call these
-functions from a worker thread (``asyncio.to_thread``), never on the event loop.
+functions through their ``*_async`` forms (see below), never on the event loop.
 
 Decompression bombs: the file's declared size is checked against :data:`MAX_SIDE` and
 :data:`MAX_PIXELS` right after Pillow has read the header and before any pixel is decoded.
