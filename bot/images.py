@@ -316,7 +316,9 @@ def prepare_mask(mask: CheckedImage, image_size: tuple[int, int], *,
 
     def convert(opened: Image.Image) -> bytes:
         opened.load()
-        paint = _paint_map(opened)
+        # The size to reach, as the mask is stored (before its EXIF rotation).
+        stored = (height, width) if mask.orientation in (5, 6, 7, 8) else (width, height)
+        paint = _paint_map(opened, stored)
         method = _TRANSPOSE.get(mask.orientation)
         if method is not None:
             paint = paint.transpose(method)
@@ -591,16 +593,46 @@ def _reduced(image: Image.Image, target: tuple[int, int]) -> Image.Image:
     return out
 
 
-def _paint_map(image: Image.Image) -> Image.Image:
-    """An L image where 255 means "repaint": inverted alpha if the alpha varies, else light."""
-    alpha = _alpha_channel(image)
-    if alpha is not None:
-        low, high = alpha.getextrema()
-        if low != high:
+def _paint_map(image: Image.Image, target: tuple[int, int] | None = None) -> Image.Image:
+    """An L image where 255 means "repaint": inverted alpha if the alpha varies, else light.
+
+    With ``target``, a large image is mapped a strip at a time and each strip reduced (by
+    averaging) as far as still covers ``target``: no full-size copy is made."""
+    alpha_varies = _alpha_varies(image)
+
+    def paint(part: Image.Image) -> Image.Image:
+        if alpha_varies:
+            alpha = _alpha_channel(part)
+            assert alpha is not None
             return alpha.point(lambda value: 255 - value)
-    if image.mode in _ALPHA_MODES or (image.mode == "P" and "transparency" in image.info):
-        image = image.convert("RGBA").convert("RGB")
-    return _gray8(image)
+        if part.mode in _ALPHA_MODES or (part.mode == "P" and "transparency" in part.info):
+            part = part.convert("RGBA").convert("RGB")
+        return _gray8(part)
+
+    factor = min(image.width // target[0], image.height // target[1]) if target else 1
+    if factor < 2:
+        return paint(image)
+    width, height = image.size
+    out = Image.new("L", (-(-width // factor), -(-height // factor)))
+    rows = max(1, _STRIP_ROWS // factor) * factor
+    for top in range(0, height, rows):
+        out.paste(paint(image.crop((0, top, width, min(height, top + rows)))).reduce(factor),
+                  (0, top // factor))
+    return out
+
+
+def _alpha_varies(image: Image.Image) -> bool:
+    """Whether the image has an alpha channel that is not one value throughout (counted
+    from the histogram for LA and RGBA, without copying the channel)."""
+    if image.mode in ("LA", "RGBA"):
+        band = image.getbands().index("A")
+        counts = image.histogram()[256 * band:256 * band + 256]
+        return sum(1 for count in counts if count) > 1
+    alpha = _alpha_channel(image)
+    if alpha is None:
+        return False
+    low, high = alpha.getextrema()
+    return low != high
 
 
 def _alpha_channel(image: Image.Image) -> Image.Image | None:

@@ -620,3 +620,18 @@ async def test_the_budget_is_held_until_cancelled_work_really_ends() -> None:
             break
         await asyncio.sleep(0.01)
     assert images.DECODE_BUDGET.free == images.DECODE_BUDGET.total
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "L"])
+def test_a_large_mask_reduced_in_strips_keeps_its_edges(mode: str) -> None:
+    if mode == "RGBA":  # transparent = repaint
+        drawn = Image.new("RGBA", (6000, 4000), (0, 0, 0, 255))
+        ImageDraw.Draw(drawn).rectangle((0, 0, 2999, 3999), fill=(0, 0, 0, 0))
+    else:  # white = repaint
+        drawn = Image.new("L", (6000, 4000), 0)
+        ImageDraw.Draw(drawn).rectangle((0, 0, 2999, 3999), fill=255)
+    out, values = binary_values(prepare_mask(check_image(encode(drawn, "PNG"), label="mask"),
+                                             (1500, 1000)))
+    assert out.size == (1500, 1000) and values <= {0, 255}
+    assert out.getpixel((745, 500)) == 255 and out.getpixel((755, 500)) == 0
+    assert out.getpixel((10, 10)) == 255 and out.getpixel((1490, 990)) == 0
