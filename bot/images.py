@@ -81,6 +81,7 @@ IMAGE_THREADS = 2  # Pillow work runs on this many threads of its own
 # Modes Image.reduce averages correctly (a palette index can't be averaged).
 _REDUCIBLE_MODES = frozenset({"L", "LA", "RGB", "RGBA"})
 _STRIP_ROWS = 512  # a big image is reduced this many source rows at a time
+_TRIM_AFTER_PIXELS = 4_000_000  # after work this big, freed memory is handed back at once
 
 
 class ImageRejected(UserFacingError):
@@ -414,12 +415,12 @@ def _load_libc() -> Any:
     return libc
 
 
-def _then_trim(work: Callable[[], _T]) -> _T:
+def _then_trim(work: Callable[[], _T], trim: bool) -> _T:
     try:
         return work()
     finally:
-        if _libc is not None:
-            _libc.malloc_trim(0)
+        if trim and _libc is not None:
+            _libc.malloc_trim(0)  # hand the decode's freed memory back at once
 
 
 async def run_image_work(pixels: int, work: Callable[[], _T]) -> _T:
@@ -435,7 +436,7 @@ async def run_image_work(pixels: int, work: Callable[[], _T]) -> _T:
                 loop.call_soon_threadsafe(DECODE_BUDGET.release, weight)
 
     try:
-        future = _image_pool().submit(_then_trim, work)
+        future = _image_pool().submit(_then_trim, work, weight >= _TRIM_AFTER_PIXELS)
     except BaseException:
         if weight:
             DECODE_BUDGET.release(weight)

@@ -97,7 +97,7 @@ async def test_sixteen_huge_images_at_once_stay_within_memory_and_others_are_ans
 
         peak = memory(pid, "VmHWM")
         print(f"bot RSS at rest {baseline / MB:.0f} MB; peak with 16 huge images "
-              f"{peak / MB:.0f} MB")
+              f"{peak / MB:.0f} MB; {memory(pid, 'VmRSS') / MB:.0f} MB after")
         assert peak < PEAK_LIMIT, f"peak RSS {peak / MB:.0f} MB"
         huge = [s for s in world.modelslab.submits
                 if str(s.body.get("prompt", "")).startswith("huge canvas")]
