@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 TOKEN_MARGIN = 60.0  # don't start a followup with a token this close to expiring
 STATUS_EDIT_INTERVAL = 5.0  # the status message is edited at most this often
 HISTORY_SEARCH_LIMIT = 50
+STATUS_MEMORY = 1000  # past this many remembered statuses, the stale ones are dropped
+TOKEN_LIFETIME = 15 * 60.0
 UPLOAD_LIMIT = 10 * 1024 * 1024  # Discord's per-file limit for bots in servers without boosts
 
 
@@ -80,8 +82,20 @@ def message_link(job: Job, message_id: int) -> str:
     return f"https://discord.com/channels/{r.guild_id or '@me'}/{r.channel_id}/{message_id}"
 
 
+class ResultButtons(discord.ui.View):
+    """The buttons under a result, sent as components only.
+
+    discord.py keeps every dispatchable View it sends in its view store for the life of the
+    process (a few KB per result, forever). These buttons need nothing from there: clicks
+    are answered by the persistent DynamicItem handlers (cogs/remix.py), which read the job
+    from the custom id. So this view says it is not dispatchable, and is never stored."""
+
+    def is_dispatchable(self) -> bool:
+        return False
+
+
 def result_view(job: Job, count: int) -> discord.ui.View:
-    view = discord.ui.View(timeout=None)
+    view = ResultButtons(timeout=None)
     for index in range(count):
         label = "Remix" if count == 1 else f"Remix {index + 1}"
         view.add_item(discord.ui.Button(label=label, style=discord.ButtonStyle.primary,
@@ -155,6 +169,7 @@ class DiscordDelivery:
                 for name, data in fitted]
 
     async def deliver(self, job: Job, outputs: Sequence[Output]) -> int | None:
+        self._last_status.pop(job.track_id, None)  # no status is shown for it any more
         succeeded = job.status is JobStatus.SUCCEEDED
         text = result_text(job) if succeeded else failure_text(job)
         mentions = discord.AllowedMentions(users=[discord.Object(job.requester.user_id)],
@@ -239,10 +254,19 @@ class DiscordDelivery:
         if last and (last[1] == text or now - last[0] < STATUS_EDIT_INTERVAL):
             return
         self._last_status[job.track_id] = (now, text)
+        if len(self._last_status) > STATUS_MEMORY:
+            self._forget_old_statuses(now)
         try:
             await webhook.edit_message("@original", content=text)  # type: ignore[arg-type]
         except discord.HTTPException as exc:
             log.info("job %s: status not updated (%s)", job.track_id, exc.status)
+
+    def _forget_old_statuses(self, now: float) -> None:
+        """Entries a delivery did not drop (a status update racing with it): after the
+        interaction token's 15 minutes no status can be shown anyway."""
+        for track_id, (at, _) in list(self._last_status.items()):
+            if now - at > TOKEN_LIFETIME:
+                del self._last_status[track_id]
 
     async def _mark_done(self, webhook: discord.Webhook, job: Job, url: str) -> None:
         self._last_status.pop(job.track_id, None)

@@ -7,7 +7,6 @@ attachments' URLs and a way to host converted images (``HostFiles``).
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable
@@ -22,9 +21,9 @@ from bot.images import (
     CheckedImage,
     ImageRejected,
     check_declared_size,
-    check_image,
-    prepare_init_image,
-    prepare_mask,
+    check_image_async,
+    prepare_init_image_async,
+    prepare_mask_async,
 )
 from bot.jobs.engine import JobEngine
 from bot.jobs.models import Job, NewJob, Requester
@@ -165,15 +164,16 @@ class GenerationService:
         if mask is None and request.mask_data is not None:
             mask = await self._checked(request.mask_data, "mask", "mask.png")
 
-        # Pillow work is CPU-bound (a large photo takes a good fraction of a second).
+        # Pillow work is CPU-bound (a large photo takes a good fraction of a second) and
+        # memory-hungry: it runs on the image threads, within the process-wide decode budget.
         to_host: list[HostedFile] = []
-        prepared = await asyncio.to_thread(prepare_init_image, image)
+        prepared = await prepare_init_image_async(image)
         width, height = prepared.size if prepared else image.size
         if prepared is not None:
             to_host.append(HostedFile(f"input{prepared.filename_suffix}", prepared.data,
                                       prepared.content_type))
         if mask is not None:
-            mask_png = await asyncio.to_thread(prepare_mask, mask, (width, height))
+            mask_png = await prepare_mask_async(mask, (width, height))
             to_host.append(HostedFile("mask.png", mask_png, "image/png"))
         urls = await host(to_host) if to_host else []
         image_url = urls.pop(0) if prepared is not None else request.image.url
@@ -221,8 +221,9 @@ class GenerationService:
 
     async def _checked(self, data: bytes, label: str, filename: str) -> CheckedImage:
         try:
-            return await asyncio.to_thread(check_image, data, label=label,
-                                           declared_size=len(data))
+            # The init image is checked and prepared in one decode.
+            return await check_image_async(data, label=label, declared_size=len(data),
+                                           prepare=label == "image")
         except ImageRejected:
             raise
         except Exception:
