@@ -8,7 +8,6 @@ re-uploaded, never linked: ModelsLab's links expire.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import io
 import logging
@@ -19,6 +18,7 @@ import discord
 from PIL import Image
 
 from bot.components import delete_id, paint_id, remix_id, reroll_id
+from bot.images import run_image_work
 from bot.jobs.delivery import DeliveryFailed
 from bot.jobs.models import Job, JobStatus, Output
 from bot.metrics import Metrics
@@ -123,6 +123,15 @@ def status_text(job: Job, position: int | None, paused_until: float | None = Non
     return f"Finishing up… ({job_marker(job)})"
 
 
+def output_pixels(output: Output) -> int:
+    """The pixel count an output's header declares (0 when it can't be read)."""
+    try:
+        with Image.open(io.BytesIO(output.data)) as image:
+            return image.width * image.height
+    except Exception:
+        return 0
+
+
 def fit_for_upload(output: Output, limit: int = UPLOAD_LIMIT) -> tuple[str, bytes]:
     """The output as it can be posted: over Discord's per-file limit, it is re-encoded as a
     high-quality JPEG (scaled down only if that is still too big)."""
@@ -164,7 +173,11 @@ class DiscordDelivery:
         in_nsfw_channel = bool(job.options.get("nsfw_channel"))
         spoil = job.nsfw and (not in_nsfw_channel
                               or job.options.get("nsfw_policy") == "spoiler")
-        fitted = await asyncio.to_thread(lambda: [fit_for_upload(o) for o in outputs])
+        # Re-encoding an output over the upload limit decodes it: on the image threads,
+        # within the decode budget, like members' images.
+        large = [o for o in outputs if len(o.data) > UPLOAD_LIMIT]
+        pixels = sum([await run_image_work(0, lambda o=o: output_pixels(o)) for o in large])
+        fitted = await run_image_work(pixels, lambda: [fit_for_upload(o) for o in outputs])
         return [discord.File(io.BytesIO(data), filename=name, spoiler=spoil)
                 for name, data in fitted]
 

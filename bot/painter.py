@@ -15,7 +15,6 @@ link (``HostFor``).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import re
@@ -36,7 +35,15 @@ from bot.generation import (
     HostFiles,
     Upload,
 )
-from bot.images import MAX_UPLOAD_BYTES, ImageRejected, check_image, prepare_mask
+from bot.images import (
+    MAX_UPLOAD_BYTES,
+    ImageRejected,
+    check_image,
+    check_image_async,
+    declared_pixels,
+    prepare_mask,
+    run_image_work,
+)
 from bot.jobs.models import Job, Requester
 from bot.jobs.store import JobStore, hash_secret
 from bot.modelslab.catalogue import Operation
@@ -255,7 +262,7 @@ class Painter:
         except (aiohttp.ClientError, TimeoutError):
             raise UserFacingError("The image could not be downloaded from Discord; try "
                                   "again in a moment.") from None
-        checked = await asyncio.to_thread(check_image, data, label="mask" if mask else "image")
+        checked = await check_image_async(data, label="mask" if mask else "image")
         return data, checked.content_type
 
     # --- submitting ---------------------------------------------------------------------
@@ -308,7 +315,8 @@ class Painter:
     async def _submit_checked(self, link: PaintLink, form: Mapping[str, str],
                               mask: bytes) -> Submitted:
         options = self.options_from(link, form)
-        painted, everything = await asyncio.to_thread(mask_coverage, mask)
+        pixels = await run_image_work(0, lambda: declared_pixels(mask, label="mask"))
+        painted, everything = await run_image_work(pixels, lambda: mask_coverage(mask))
         if not painted:
             raise FormRefused(EMPTY_MASK)
         if everything:
