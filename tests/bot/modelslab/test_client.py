@@ -29,11 +29,12 @@ def image(fake, size=(1024, 768)) -> SourceImage:
 
 
 def body_for(fake, name: str, **options) -> dict:
+    prompt = options.pop("prompt", None if name == "upscale" else "a lighthouse at dusk")
     return build_payload(
         ENDPOINTS[name],
-        GenerationOptions(prompt=options.pop("prompt", "a lighthouse at dusk"), **options),
+        GenerationOptions(prompt=prompt, **options),
         image=image(fake),
-        mask=image(fake) if name == "inpaint" else None,
+        mask=image(fake) if ENDPOINTS[name].takes("mask") else None,
         default_model="pony_realism",
         track_id="trk-" + name,
     )
@@ -48,9 +49,15 @@ RICH_OPTIONS = {
     "enterprise": dict(strength=0.2, width=1024, height=256, steps=41, clip_skip=8,
                        scheduler="KarrasVeScheduler", karras=True),
     "enterprise_pony": dict(steps=31, scheduler="EulerAncestralDiscreteScheduler", samples=3),
-    "realtime": dict(width=256, height=1024, samples=4, strength=0.9, guidance_scale=20,
-                     seed=4294967295),
+    "realtime": dict(width=256, height=1024, samples=4, strength=0.9, seed=4294967295,
+                     style="pixel-art", enhance_prompt=True),
+    "enterprise_inpaint": dict(steps=31, width=768, height=512, lora="more_details",
+                               lora_strength=0.6, vae="sdxl-vae", enhance_prompt=False),
+    "upscale": dict(scale=2, upscaler="RealESRGAN_x2plus", face_enhance=True),
 }
+RICH_OPTIONS["v6"].update(algorithm="sde-dpmsolver++", enhance_prompt=True)
+RICH_OPTIONS["inpaint"].update(algorithm="none")
+RICH_OPTIONS["enterprise"].update(lora="more_details", lora_strength=1, vae="sdxl-vae")
 
 
 @pytest.mark.parametrize("name", list(ENDPOINTS))
@@ -62,8 +69,7 @@ async def test_each_endpoint_payload_is_accepted_exactly_as_built(fake, client, 
     assert fake.rejections == []
     (sent,) = fake.submits
     assert sent.path == ENDPOINTS[name].path
-    expected_key = fake.enterprise_key if name in ("enterprise", "enterprise_pony",
-                                                   "realtime") else fake.api_key
+    expected_key = fake.enterprise_key if ENDPOINTS[name].key == "enterprise" else fake.api_key
     assert sent.body == {"key": expected_key, **body, "webhook": "https://bot.example/hook/x"}
     assert response.status is ApiStatus.PROCESSING
     assert response.request_id == str(sent.response.body["id"])
