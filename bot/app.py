@@ -22,7 +22,7 @@ from bot.settings import Settings
 log = logging.getLogger(__name__)
 
 # Loaded in this order; each load is guarded so one broken cog cannot stop the bot.
-COGS: tuple[str, ...] = ("cogs.generate", "cogs.remix", "cogs.admin")
+COGS: tuple[str, ...] = ("cogs.generate", "cogs.remix", "cogs.admin", "cogs.upscale")
 COMMANDS_HASH_KEY = "global_commands_hash"
 
 
@@ -80,7 +80,8 @@ class RemixerBot(commands.Bot):
         assert self.services.store is not None
         self.servers = Servers(self.services.store, self.settings)
         self.generation = GenerationService(self.settings, self.services.engine,
-                                            self.services.session, self.servers)
+                                            self.services.session, self.servers,
+                                            models=self.services.models)
         for name in COGS:
             try:
                 await self.load_extension(name)

@@ -7,6 +7,7 @@ TRACK = r"(?P<track>[A-Za-z0-9_-]{8,64})"
 REMIX_TEMPLATE = rf"remix:{TRACK}:(?P<index>[0-9])"
 REROLL_TEMPLATE = rf"reroll:{TRACK}"
 DELETE_TEMPLATE = rf"delete:{TRACK}"
+UPSCALE_TEMPLATE = rf"upscale:{TRACK}:(?P<index>[0-9])"
 
 
 def remix_id(track_id: str, index: int) -> str:
@@ -19,3 +20,7 @@ def reroll_id(track_id: str) -> str:
 
 def delete_id(track_id: str) -> str:
     return f"delete:{track_id}"
+
+
+def upscale_id(track_id: str, index: int) -> str:
+    return f"upscale:{track_id}:{index}"

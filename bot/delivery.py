@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import discord
 from PIL import Image
 
-from bot.components import delete_id, remix_id, reroll_id
+from bot.components import delete_id, remix_id, reroll_id, upscale_id
 from bot.jobs.delivery import DeliveryFailed
 from bot.jobs.models import Job, JobStatus, Output
 from bot.metrics import Metrics
@@ -54,6 +54,9 @@ def describe(job: Job) -> str:
         parts.append(f"strength {strength:g}")
     if options.get("remix_of"):
         parts.append(f"remix of `{short_id(options['remix_of'])}`")
+    if options.get("upscale_of"):
+        parts.append(f"upscale of image {int(options.get('image_index') or 0) + 1} of "
+                     f"`{short_id(options['upscale_of'])}`")
     parts.append(job_marker(job))
     return " · ".join(parts)
 
@@ -66,6 +69,8 @@ def quote(text: str, limit: int = 600) -> str:
 
 
 def result_text(job: Job) -> str:
+    if job.options.get("upscale_of"):
+        return f"<@{job.requester.user_id}> your upscaled image is ready.\n{describe(job)}"
     return (f"<@{job.requester.user_id}> your image is ready.\n{quote(job.prompt)}\n"
             f"{describe(job)}")
 
@@ -82,10 +87,18 @@ def message_link(job: Job, message_id: int) -> str:
 
 def result_view(job: Job, count: int) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
+    if job.options.get("upscale_of"):  # an upscale is an end product: it can be deleted
+        view.add_item(discord.ui.Button(label="Delete", style=discord.ButtonStyle.danger,
+                                        custom_id=delete_id(job.track_id)))
+        return view
     for index in range(count):
         label = "Remix" if count == 1 else f"Remix {index + 1}"
         view.add_item(discord.ui.Button(label=label, style=discord.ButtonStyle.primary,
                                         custom_id=remix_id(job.track_id, index)))
+        if job.options.get("upscale_enabled", True):
+            view.add_item(discord.ui.Button(
+                label="Upscale" if count == 1 else f"Upscale {index + 1}",
+                style=discord.ButtonStyle.secondary, custom_id=upscale_id(job.track_id, index)))
     view.add_item(discord.ui.Button(label="Re-roll", style=discord.ButtonStyle.secondary,
                                     custom_id=reroll_id(job.track_id)))
     view.add_item(discord.ui.Button(label="Delete", style=discord.ButtonStyle.danger,
@@ -167,7 +180,7 @@ class DiscordDelivery:
             except discord.HTTPException as exc:
                 log.info("job %s: status edit failed (%s); posting in the channel",
                          job.track_id, exc.status)
-        elif webhook is not None:
+        elif webhook is not None and not job.options.get("reply_to"):
             try:
                 message = await webhook.send(text, files=await self._files(job, outputs), wait=True,
                                              allowed_mentions=mentions, view=view)
@@ -181,10 +194,16 @@ class DiscordDelivery:
         channel = self.client.get_partial_messageable(job.requester.channel_id,
                                                       guild_id=job.requester.guild_id)
         try:
-            kwargs = {"view": view} if view else {}
+            kwargs: dict = {"view": view} if view else {}
+            if job.options.get("reply_to"):  # an upscale answers the result it came from
+                kwargs["reference"] = discord.MessageReference(
+                    message_id=int(job.options["reply_to"]), channel_id=job.requester.channel_id,
+                    fail_if_not_exists=False)
             message = await channel.send(text, files=await self._files(job, outputs),
                                          allowed_mentions=mentions, **kwargs)
             self._count("channel")
+            if webhook is not None and succeeded:
+                await self._mark_done(webhook, job, message_link(job, message.id))
             return message.id
         except (discord.Forbidden, discord.NotFound) as exc:
             log.warning("job %s: cannot post in channel %s (%s); telling the member directly",

@@ -16,6 +16,7 @@ from bot.jobs.engine import EnginePolicy, JobEngine
 from bot.jobs.store import JobStore
 from bot.metrics import Metrics
 from bot.modelslab.client import ModelsLabClient
+from bot.modelslab.models import ModelList
 from bot.settings import Settings
 from bot.web import WebServer, create_app
 
@@ -34,6 +35,7 @@ class Services:
         self.client: ModelsLabClient | None = None
         self.engine: JobEngine | None = None
         self.web: WebServer | None = None
+        self.models: ModelList | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -49,9 +51,11 @@ class Services:
             self.store, self.client, self.delivery, OutputDownloader(self.session),
             policy=EnginePolicy(max_concurrency=s.modelslab_max_concurrency),
             public_base_url=s.public_base_url, metrics=self.metrics)
+        self.models = ModelList(self.client, refresh=s.model_list_refresh)
         self.web = WebServer(create_app(self.engine), s.web_host, s.web_port)
         await self.web.start()
         await self.engine.start()
+        self.models.start()  # read in the background, never on a keystroke
         log.info("jobs: %s", "webhooks at " + s.public_base_url if s.public_base_url
                  else "no PUBLIC_BASE_URL, polling every job")
 
@@ -59,6 +63,8 @@ class Services:
         """Webhooks first (handlers in progress finish), then the engine, then the rest.
         Every job is left in a state the next start resumes."""
         web, engine, store, session = self.web, self.engine, self.store, self.session
+        if self.models is not None:
+            await self.models.stop()
         self.web = self.engine = self.store = self.session = None  # stop once
         if engine is not None:
             engine.stop_accepting()  # new commands are refused from here on

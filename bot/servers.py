@@ -27,6 +27,9 @@ class ServerSettings:
     default_model: str
     nsfw_policy: str  # in channels marked NSFW: "allow" (as is) or "spoiler"
     allowed_channels: tuple[int, ...]  # empty: every channel
+    safety_checker_type: str | None = None  # None: the endpoint's default
+    upscale_enabled: bool = True
+    allowed_models: tuple[str, ...] = ()  # empty: every model
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,17 +71,21 @@ class Servers:
             default_model=value("default_model") or self.settings.default_model_id,
             nsfw_policy=value("nsfw_policy") or "allow",
             allowed_channels=tuple(json.loads(value("allowed_channels") or "[]")),
+            safety_checker_type=value("safety_checker_type"),
+            upscale_enabled=value("upscale_enabled") != 0,
+            allowed_models=tuple(json.loads(value("allowed_models") or "[]")),
         )
 
     async def update(self, guild_id: int, by: int, **changes: object) -> ServerSettings:
         """Change some settings of a server (others keep their values)."""
         allowed = {"daily_limit", "max_active_jobs", "default_endpoint", "default_model",
-                   "nsfw_policy", "allowed_channels"}
+                   "nsfw_policy", "allowed_channels", "safety_checker_type", "upscale_enabled",
+                   "allowed_models"}
         unknown = set(changes) - allowed
         if unknown:
             raise ValueError(f"unknown server settings {sorted(unknown)}")
         columns = list(changes)
-        values = [json.dumps(list(v)) if k == "allowed_channels" else v
+        values = [json.dumps(list(v)) if k in ("allowed_channels", "allowed_models") else v
                   for k, v in changes.items()]
         assignments = ", ".join(f"{c} = excluded.{c}" for c in columns)
         await self.store.write(

@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     default_model_id: str = "pony_realism"
     daily_image_quota: Annotated[int, Field(ge=0)] = 20
     modelslab_max_concurrency: Annotated[int, Field(ge=1, le=100)] = 5
+    # How often ModelsLab's model lists are read again, in seconds (default 6 hours).
+    model_list_refresh: Annotated[float, Field(gt=0)] = 6 * 3600.0
     log_level: LogLevel = "INFO"
     # For tests against a local Discord; never set in production.
     discord_api_base: str | None = None

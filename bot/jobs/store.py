@@ -127,6 +127,12 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (guild_id, user_id)
     );
     """,
+    # 3: per-server ModelsLab choices: safety filter type, upscaling, the models allowed.
+    """
+    ALTER TABLE guild_settings ADD COLUMN safety_checker_type TEXT;
+    ALTER TABLE guild_settings ADD COLUMN upscale_enabled INTEGER;
+    ALTER TABLE guild_settings ADD COLUMN allowed_models TEXT NOT NULL DEFAULT '[]';
+    """,
 )
 
 
