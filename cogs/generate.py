@@ -88,16 +88,27 @@ DESCRIPTIONS = {
 INPAINT_DESCRIPTIONS = {**DESCRIPTIONS, "endpoint": "v6 (default) or enterprise inpainting"}
 
 
-async def model_choices_for(bot: RemixerBot, guild_id: int | None,
-                            current: str) -> list[app_commands.Choice[str]]:
+async def model_choices_for(bot: RemixerBot, guild_id: int | None, current: str,
+                            interaction: discord.Interaction | None = None,
+                            ) -> list[app_commands.Choice[str]]:
     """The `model` box: ModelsLab's model list (cached, filtered by what was typed, limited to
-    the server's allowed models); when the list can't be read, the server's default and the
-    models used here, as before, with a note that any model id is accepted."""
+    the server's allowed models; on a command, the list of the chosen endpoint's key); when
+    the list can't be read, the server's default and the models used here, as before, with a
+    note that any model id is accepted."""
     models = bot.services.models
     server = await bot.servers.get(guild_id) if bot.servers else None
     allowed = list(server.allowed_models) if server and server.allowed_models else None
     if models is not None and models.available:
-        names = models.suggest(current, allowed)
+        kind = None
+        if interaction is not None and interaction.command is not None:
+            operation = (Operation.INPAINT if interaction.command.name == "inpaint"
+                         else Operation.IMG2IMG)
+            chosen = getattr(interaction.namespace, "endpoint", None) or (
+                server.default_endpoint if server and operation is Operation.IMG2IMG
+                else "v6")
+            endpoint = by_choice(operation, chosen)
+            kind = endpoint.key if endpoint is not None else None
+        names = models.suggest(current, allowed, kind)
         return [app_commands.Choice(name=m, value=m) for m in names]
     store = bot.services.store
     default = server.default_model if server else bot.settings.default_model_id
@@ -270,7 +281,7 @@ class Generate(commands.Cog):
     @inpaint.autocomplete("model")
     async def model_choices(self, interaction: discord.Interaction,
                             current: str) -> list[app_commands.Choice[str]]:
-        return await model_choices_for(self.bot, interaction.guild_id, current)
+        return await model_choices_for(self.bot, interaction.guild_id, current, interaction)
 
     @img2img.autocomplete("style")
     async def style_choices(self, interaction: discord.Interaction,

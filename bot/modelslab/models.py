@@ -155,9 +155,16 @@ class ModelList:
                                           cutoff=0.5)
         return [by_lower[m] for m in found]
 
-    def suggest(self, typed: str, allowed: Iterable[str] | None = None) -> list[str]:
-        """What the `model` box offers for ``typed``: filtered, best first, 25 at most."""
-        pool = list(allowed) if allowed is not None else self.models
+    def suggest(self, typed: str, allowed: Iterable[str] | None = None,
+                kind: KeyKind | None = None) -> list[str]:
+        """What the `model` box offers for ``typed``: filtered, best first, 25 at most;
+        with ``kind``, from the list of that key only (when it could be read)."""
+        if allowed is not None:
+            pool = list(allowed)
+        elif kind is not None and self._lists.get(kind):
+            pool = self._lists[kind]
+        else:
+            pool = self.models
         return rank(pool, typed)
 
     def status(self) -> str:

@@ -56,13 +56,16 @@ def bot_settings(discord_fake: FakeDiscord, modelslab: FakeModelsLab, tmp_path, 
     return env
 
 
-async def start_world(tmp_path, **settings) -> tuple[World, object]:
+async def start_world(tmp_path, prepare=None, **settings) -> tuple[World, object]:
+    """``prepare(modelslab)``, when given, runs before the bot starts."""
     discord_fake = FakeDiscord()
     await discord_fake.start()
     modelslab = FakeModelsLab()
     await modelslab.start()
     modelslab.auto_complete_after = 0.3
     modelslab.eta = 0.3
+    if prepare is not None:
+        prepare(modelslab)
     discord_fake.add_guild(GUILD, "Remix Club", owner_id=ALICE)
     discord_fake.add_member(GUILD, ALICE, "alice")
     discord_fake.add_member(GUILD, BOB, "bob", permissions=discord.Permissions.none().value)
