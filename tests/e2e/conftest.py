@@ -6,6 +6,7 @@ test works in its own channel so tests don't see each other's messages.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from dataclasses import dataclass
 
@@ -78,6 +79,13 @@ async def start_world(tmp_path, prepare=None, **settings) -> tuple[World, object
     except Exception:
         await bot.terminate()
         raise AssertionError("the bot never became ready:\n" + bot.log()[-4000:]) from None
+    # The bot reads ModelsLab's model lists in the background at start; let that happen
+    # before a test counts requests.
+    lists = 2 if settings.get("enterprise", True) else 1
+    for _ in range(200):
+        if len(modelslab.model_list_calls) >= lists:
+            break
+        await asyncio.sleep(0.05)
     world = World(discord_fake, modelslab, bot)
 
     async def stop() -> None:
