@@ -36,8 +36,8 @@ async def test_the_model_box_answers_from_the_model_list(world):
     assert await typed(world, channel, "JUGGERNAUT") == ["juggernaut-xl-v9"]
     # an enterprise endpoint's box answers from the enterprise list (models on its servers)
     ix = await world.discord.autocomplete(ALICE, channel, "img2img", {
-        "endpoint": "enterprise_pony", "model": "community-model-494"}, focused="model")
-    assert [c["value"] for c in ix.choices] == ["enterprise-community-model-494"]
+        "endpoint": "enterprise_pony", "model": "community-model-490"}, focused="model")
+    assert [c["value"] for c in ix.choices] == ["enterprise-community-model-490"]
     many = await typed(world, channel, "model-4")
     assert len(many) == 25 and all("model-4" in m for m in many)
     assert len(await typed(world, channel, "")) == 25

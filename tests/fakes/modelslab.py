@@ -1330,7 +1330,7 @@ class FakeModelsLab:
 def default_models(prefix: str, count: int = 500) -> list[str]:
     """``count`` model ids: a few well-known ones, then ``{prefix}community-model-NNN``."""
     known = ["pony_realism", "anything-v5", "realistic-vision-v51", "dreamshaper-8",
-             "juggernaut-xl-v9"]
+             "juggernaut-xl-v9", "ponyxl-v6"]
     names = [prefix + name for name in known]
     names += [f"{prefix}community-model-{n:03d}" for n in range(count - len(names))]
     return names
