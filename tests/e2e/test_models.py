@@ -41,7 +41,7 @@ async def test_the_model_box_answers_from_the_model_list(world):
     many = await typed(world, channel, "model-4")
     assert len(many) == 25 and all("model-4" in m for m in many)
     assert len(await typed(world, channel, "")) == 25
-    assert await typed(world, channel, "pony", "inpaint") == ["pony_realism"]
+    assert await typed(world, channel, "pony_", "inpaint") == ["pony_realism"]
 
 
 async def test_no_model_list_fetch_on_a_keystroke(world):
