@@ -76,8 +76,9 @@ def result_text(job: Job) -> str:
 
 
 def failure_text(job: Job) -> str:
+    asked = quote(job.prompt, 200) if job.prompt else describe(job)
     return (f"<@{job.requester.user_id}> your image could not be made. {job.error or ''}\n"
-            f"{quote(job.prompt, 200)}\n{job_marker(job)}")
+            f"{asked}\n{job_marker(job)}")
 
 
 def message_link(job: Job, message_id: int) -> str:
@@ -156,7 +157,9 @@ class DiscordDelivery:
         # Outside NSFW channels a flagged output is always a spoiler; inside, as the server's
         # NSFW policy says.
         in_nsfw_channel = bool(job.options.get("nsfw_channel"))
-        spoil = job.nsfw and (not in_nsfw_channel
+        # An upscale of a flagged image is flagged too (super resolution does not check).
+        flagged = job.nsfw or bool(job.options.get("source_nsfw"))
+        spoil = flagged and (not in_nsfw_channel
                               or job.options.get("nsfw_policy") == "spoiler")
         fitted = await asyncio.to_thread(lambda: [fit_for_upload(o) for o in outputs])
         return [discord.File(io.BytesIO(data), filename=name, spoiler=spoil)

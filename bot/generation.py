@@ -232,7 +232,7 @@ class GenerationService:
         options = {"endpoint": UPSCALE.name, "image_url": image_url,
                    "upscale_of": source.track_id, "image_index": index,
                    "reply_to": reply_to, "nsfw_channel": nsfw_channel,
-                   "nsfw_policy": server.nsfw_policy}
+                   "nsfw_policy": server.nsfw_policy, "source_nsfw": source.nsfw}
         new = NewJob(endpoint=UPSCALE.name, payload=payload, requester=requester, images=1,
                      options=options, parent_track_id=source.track_id)
         return await self._enqueue(new, quota)

@@ -115,3 +115,16 @@ async def test_upscale_counts_against_the_quota(world):
     shown = await status(click, "You have used all 1 of your images for today")
     assert shown["flags"] & 64
     assert submits_tried(world) == sent
+
+
+async def test_an_upscale_of_a_flagged_image_stays_hidden(world):
+    channel = world.channel()
+    world.modelslab.nsfw = True
+    try:
+        result = await make_result(world, channel, "a flagged image to upscale")
+    finally:
+        world.modelslab.nsfw = False
+    assert result["files"][0]["filename"].startswith("SPOILER_")
+    await world.discord.click(ALICE, result, button(result, "Upscale"))
+    reply = await world.discord.wait_for_message(channel, upscaled(ALICE), timeout=30)
+    assert all(f["filename"].startswith("SPOILER_") for f in reply["files"])
