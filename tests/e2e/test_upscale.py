@@ -49,8 +49,10 @@ async def test_upscale_is_posted_once_as_a_reply_naming_its_source(world):
         world.modelslab.webhook_repeats = 1
 
     (submit,) = upscale_submits(world)[before:]
+    # the second image, by a Discord link to it (links are signed afresh each time)
+    assert world.discord.file_at(submit.body["init_image"]) == result["files"][1]["data"]
     assert submit.body == {
-        "key": world.modelslab.api_key, "init_image": result["attachments"][1]["url"],
+        "key": world.modelslab.api_key, "init_image": submit.body["init_image"],
         "scale": 4, "model_id": "RealESRGAN_x4plus", "face_enhance": False,
         "track_id": submit.body["track_id"], "webhook": submit.body["webhook"]}
     assert reply["message_reference"]["message_id"] == result["id"]
