@@ -24,6 +24,7 @@ from bot.modelslab.catalogue import (
     ENDPOINTS,
     IMG2IMG_ENDPOINTS,
     INPAINT_ENDPOINTS,
+    MODEL_ID_PATTERN,
     SCHEDULERS,
     STYLES,
     Operation,
@@ -282,6 +283,18 @@ class Generate(commands.Cog):
     async def model_choices(self, interaction: discord.Interaction,
                             current: str) -> list[app_commands.Choice[str]]:
         return await model_choices_for(self.bot, interaction.guild_id, current, interaction)
+
+    @img2img.autocomplete("lora")
+    @inpaint.autocomplete("lora")
+    async def lora_choices(self, interaction: discord.Interaction,
+                           current: str) -> list[app_commands.Choice[str]]:
+        """LoRAs from ModelsLab's lists; any other well-formed id may still be typed."""
+        models = self.bot.services.models
+        found = models.suggest_loras(current) if models is not None else []
+        typed = current.strip()[:100]
+        if typed and typed not in found and MODEL_ID_PATTERN.match(typed):
+            found = [*found[:24], typed]
+        return [app_commands.Choice(name=m, value=m) for m in found[:25]]
 
     @img2img.autocomplete("style")
     async def style_choices(self, interaction: discord.Interaction,

@@ -1087,12 +1087,14 @@ async def test_model_lists_answer_500_records_in_the_documented_shapes(fake, htt
     reply = await call(http, fake.base_url + path, {"key": key})
     assert reply.status == 200
     records = reply.body if path.startswith("/api/v4") else reply.body["message"]
-    assert len(records) == 500 and all("model_id" in r for r in records)
+    assert all("model_id" in r for r in records)
+    assert len([r for r in records if r["model_category"] != "lora"]) == 500
+    assert [r["model_id"] for r in records if r["model_category"] == "lora"] == fake.loras
     fake.models.append("brand-new-model")
     fake.enterprise_models.append("brand-new-model")
     again = await call(http, fake.base_url + path, {"key": key})
     records = again.body if path.startswith("/api/v4") else again.body["message"]
-    assert records[-1]["model_id"] == "brand-new-model"
+    assert records[-1 - len(fake.loras)]["model_id"] == "brand-new-model"
     assert len(fake.model_list_calls) == 2
     wrong = await call(http, fake.base_url + path, {"key": STD if key == ENT else ENT})
     assert wrong.status == 401

@@ -29,6 +29,11 @@ MAX_CHOICES = 25  # Discord's limit on autocomplete answers
 RETRY_AFTER_FAILURE = 60.0  # a failed read is tried again this soon (capped by the interval)
 
 
+def is_lora(record: Any) -> bool:
+    category = record.get("model_category") if isinstance(record, dict) else None
+    return isinstance(category, str) and "lora" in category.lower()
+
+
 def model_ids(records: Iterable[Any]) -> list[str]:
     """The well-formed model ids in a list of records (or plain strings), in order, once."""
     seen: dict[str, None] = {}
@@ -68,6 +73,7 @@ class ModelList:
         self.refresh = refresh
         self.clock = clock
         self._lists: dict[KeyKind, list[str]] = {}
+        self._loras: dict[KeyKind, list[str]] = {}  # records whose category is a LoRA
         self._known: set[str] = set()
         self.loaded_at: float | None = None
         self.last_error: str | None = None
@@ -111,11 +117,12 @@ class ModelList:
                 log.exception("reading the %s model list failed", kind)
                 problems.append(f"{kind} list: {type(exc).__name__}")
                 continue
-            ids = model_ids(records)
+            ids = model_ids(r for r in records if not is_lora(r))
             if not ids:
                 problems.append(f"{kind} list: empty")
                 continue
             self._lists[kind] = ids
+            self._loras[kind] = model_ids(r for r in records if is_lora(r))
         if self._lists:
             self._known = {m.lower() for ids in self._lists.values() for m in ids}
         if problems:
@@ -166,6 +173,14 @@ class ModelList:
         else:
             pool = self.models
         return rank(pool, typed)
+
+    def suggest_loras(self, typed: str) -> list[str]:
+        """LoRAs on the lists (records of a LoRA category) containing ``typed``, best first."""
+        seen: dict[str, None] = {}
+        for kind in (KeyKind.ENTERPRISE, KeyKind.STANDARD):
+            for lora in self._loras.get(kind, ()):
+                seen.setdefault(lora, None)
+        return rank(seen, typed)
 
     def status(self) -> str:
         """One line for admins."""

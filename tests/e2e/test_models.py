@@ -161,3 +161,16 @@ async def test_without_a_list_the_bot_says_so_and_accepts_any_model(listless):
     shown = await command(world, s.admin, s.channel, "config show")
     assert "model list could not be read" in shown and "any well-formed model id" in shown
     assert "could not be read" in world.bot.log()
+
+
+async def test_the_lora_box_offers_the_loras_on_the_lists(world):
+    channel = world.channel()
+    ix = await world.discord.autocomplete(ALICE, channel, "img2img", {
+        "endpoint": "enterprise", "lora": "detail"}, focused="lora")
+    assert [c["value"] for c in ix.choices] == ["add-detail-xl", "more_details", "detail"]
+    ix = await world.discord.autocomplete(ALICE, channel, "inpaint", {"lora": ""},
+                                          focused="lora")
+    assert [c["value"] for c in ix.choices] == ["more_details", "add-detail-xl",
+                                                "epi-noise-offset"]
+    # a LoRA is not a model
+    assert await typed(world, channel, "more_details") == []

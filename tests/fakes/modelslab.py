@@ -607,6 +607,8 @@ class FakeModelsLab:
         # what the model list routes answer (model ids, in order); edit freely
         self.models: list[str] = default_models("")
         self.enterprise_models: list[str] = default_models("enterprise-")
+        # LoRA records, listed after the models on both routes (model_category "lora")
+        self.loras: list[str] = ["more_details", "add-detail-xl", "epi-noise-offset"]
 
         # recordings
         self.requests: list[RecordedRequest] = []
@@ -1031,20 +1033,26 @@ class FakeModelsLab:
                     "created_at": "2024-01-01T00:00:00.000000Z",
                     "instance_prompt": None,
                     "api_calls": str(1000 + n),
-                    "model_category": "stable_diffusion_xl",
+                    "model_category": category,
                     "model_name": model_id.replace("-", " ").title(),
                     "is_nsfw": "0",
                     "featured": "no",
                     "description": "",
                     "screenshots": "",
                 }
-                for n, model_id in enumerate(self.models)
+                for n, (model_id, category) in enumerate(
+                    [(m, "stable_diffusion_xl") for m in self.models]
+                    + [(m, "lora") for m in self.loras]
+                )
             ]
         return 200, {
             "status": "success",
             "message": [
-                {"model_id": model_id, "loaded_at": "2024-01-01 00:00:00"}
-                for model_id in self.enterprise_models
+                {"model_id": model_id, "model_category": category,
+                 "loaded_at": "2024-01-01 00:00:00"}
+                for model_id, category in [(m, "stable_diffusion") for m in
+                                           self.enterprise_models]
+                + [(m, "lora") for m in self.loras]
             ],
         }
 
