@@ -23,7 +23,8 @@ from bot.settings import Settings
 log = logging.getLogger(__name__)
 
 # Loaded in this order; each load is guarded so one broken cog cannot stop the bot.
-COGS: tuple[str, ...] = ("cogs.generate", "cogs.remix", "cogs.admin", "cogs.paint")
+COGS: tuple[str, ...] = ("cogs.generate", "cogs.remix", "cogs.admin", "cogs.paint",
+                         "cogs.upscale")
 COMMANDS_HASH_KEY = "global_commands_hash"
 # Every command is for servers that added the bot: a server's quota, member limits and channel
 # list apply to it. Not in DMs, group DMs, nor as a user-installed app, where none would.
@@ -105,7 +106,8 @@ class RemixerBot(commands.Bot):
         self.servers = Servers(self.services.store, self.settings)
         self.cooldowns = Cooldowns(self.servers)
         self.generation = GenerationService(self.settings, self.services.engine,
-                                            self.services.session, self.servers)
+                                            self.services.session, self.servers,
+                                            models=self.services.models)
         for name in COGS:
             try:
                 await self.load_extension(name)

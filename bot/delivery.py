@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import discord
 from PIL import Image
 
-from bot.components import delete_id, paint_id, remix_id, reroll_id
+from bot.components import delete_id, paint_id, remix_id, reroll_id, upscale_id
 from bot.images import run_image_work
 from bot.jobs.delivery import DeliveryFailed
 from bot.jobs.models import Job, JobStatus, Output
@@ -56,6 +56,9 @@ def describe(job: Job) -> str:
         parts.append(f"strength {strength:g}")
     if options.get("remix_of"):
         parts.append(f"remix of `{short_id(options['remix_of'])}`")
+    if options.get("upscale_of"):
+        parts.append(f"upscale of image {int(options.get('image_index') or 0) + 1} of "
+                     f"`{short_id(options['upscale_of'])}`")
     parts.append(job_marker(job))
     return " · ".join(parts)
 
@@ -68,13 +71,16 @@ def quote(text: str, limit: int = 600) -> str:
 
 
 def result_text(job: Job) -> str:
+    if job.options.get("upscale_of"):
+        return f"<@{job.requester.user_id}> your upscaled image is ready.\n{describe(job)}"
     return (f"<@{job.requester.user_id}> your image is ready.\n{quote(job.prompt)}\n"
             f"{describe(job)}")
 
 
 def failure_text(job: Job) -> str:
+    asked = quote(job.prompt, 200) if job.prompt else describe(job)
     return (f"<@{job.requester.user_id}> your image could not be made. {job.error or ''}\n"
-            f"{quote(job.prompt, 200)}\n{job_marker(job)}")
+            f"{asked}\n{job_marker(job)}")
 
 
 def message_link(job: Job, message_id: int) -> str:
@@ -96,10 +102,18 @@ class ResultButtons(discord.ui.View):
 
 def result_view(job: Job, count: int) -> discord.ui.View:
     view = ResultButtons(timeout=None)
+    if job.options.get("upscale_of"):  # an upscale is an end product: it can be deleted
+        view.add_item(discord.ui.Button(label="Delete", style=discord.ButtonStyle.danger,
+                                        custom_id=delete_id(job.track_id)))
+        return view
     for index in range(count):
         label = "Remix" if count == 1 else f"Remix {index + 1}"
         view.add_item(discord.ui.Button(label=label, style=discord.ButtonStyle.primary,
                                         custom_id=remix_id(job.track_id, index)))
+        if job.options.get("upscale_enabled", True):
+            view.add_item(discord.ui.Button(
+                label="Upscale" if count == 1 else f"Upscale {index + 1}",
+                style=discord.ButtonStyle.secondary, custom_id=upscale_id(job.track_id, index)))
     view.add_item(discord.ui.Button(label="Edit region", style=discord.ButtonStyle.secondary,
                                     custom_id=paint_id(job.track_id)))
     view.add_item(discord.ui.Button(label="Re-roll", style=discord.ButtonStyle.secondary,
@@ -171,7 +185,9 @@ class DiscordDelivery:
         # Outside NSFW channels a flagged output is always a spoiler; inside, as the server's
         # NSFW policy says.
         in_nsfw_channel = bool(job.options.get("nsfw_channel"))
-        spoil = job.nsfw and (not in_nsfw_channel
+        # An upscale of a flagged image is flagged too (super resolution does not check).
+        flagged = job.nsfw or bool(job.options.get("source_nsfw"))
+        spoil = flagged and (not in_nsfw_channel
                               or job.options.get("nsfw_policy") == "spoiler")
         # Re-encoding an output over the upload limit decodes it: on the image threads,
         # within the decode budget, like members' images.
@@ -200,7 +216,7 @@ class DiscordDelivery:
             except discord.HTTPException as exc:
                 log.info("job %s: status edit failed (%s); posting in the channel",
                          job.track_id, exc.status)
-        elif webhook is not None:
+        elif webhook is not None and not job.options.get("reply_to"):
             try:
                 message = await webhook.send(text, files=await self._files(job, outputs), wait=True,
                                              allowed_mentions=mentions, view=view)
@@ -214,10 +230,16 @@ class DiscordDelivery:
         channel = self.client.get_partial_messageable(job.requester.channel_id,
                                                       guild_id=job.requester.guild_id)
         try:
-            kwargs = {"view": view} if view else {}
+            kwargs: dict = {"view": view} if view else {}
+            if job.options.get("reply_to"):  # an upscale answers the result it came from
+                kwargs["reference"] = discord.MessageReference(
+                    message_id=int(job.options["reply_to"]), channel_id=job.requester.channel_id,
+                    fail_if_not_exists=False)
             message = await channel.send(text, files=await self._files(job, outputs),
                                          allowed_mentions=mentions, **kwargs)
             self._count("channel")
+            if webhook is not None and succeeded:
+                await self._mark_done(webhook, job, message_link(job, message.id))
             return message.id
         except (discord.Forbidden, discord.NotFound) as exc:
             log.warning("job %s: cannot post in channel %s (%s); telling the member directly",

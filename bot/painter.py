@@ -46,7 +46,14 @@ from bot.images import (
 )
 from bot.jobs.models import Job, Requester
 from bot.jobs.store import JobStore, hash_secret
-from bot.modelslab.catalogue import Operation
+from bot.modelslab.catalogue import (
+    ENDPOINTS,
+    INPAINT,
+    Endpoint,
+    KeyKind,
+    Operation,
+    by_choice,
+)
 from bot.modelslab.payload import GenerationOptions
 from bot.net import read_capped
 
@@ -163,6 +170,22 @@ def mask_coverage(data: bytes) -> tuple[bool, bool]:
     return high == 255, low == 255
 
 
+def inpaint_endpoint_for(choice: str | None, source_endpoint: str | None) -> Endpoint:
+    """The inpainting endpoint a painter link runs on."""
+    if choice and (chosen := by_choice(Operation.INPAINT, choice)) is not None:
+        return chosen
+    source = ENDPOINTS.get(source_endpoint or "")
+    if source is not None:
+        same = by_choice(Operation.INPAINT, source.choice_name)
+        if same is not None:
+            return same
+        if source.key is KeyKind.ENTERPRISE:
+            enterprise = by_choice(Operation.INPAINT, "enterprise")
+            if enterprise is not None:
+                return enterprise
+    return INPAINT
+
+
 class Painter:
     def __init__(self, store: JobStore, generation: GenerationService,
                  session: aiohttp.ClientSession, host_for: HostFor,
@@ -190,6 +213,13 @@ class Painter:
             kept["prompt"] = source.prompt
         kept.update({k: v for k, v in (options or {}).items()
                      if v is not None and k in GenerationOptions.model_fields})
+        # The inpainting endpoint: the command's choice, else the source's family (an
+        # enterprise result is edited on enterprise inpainting); only what it takes is kept.
+        target = inpaint_endpoint_for((options or {}).get("endpoint"),
+                                      source.endpoint if source is not None else None)
+        kept = {k: v for k, v in kept.items()
+                if k == "prompt" or k in FORM_FIELDS or target.takes(k)}
+        kept["endpoint"] = target.choice_name
         expires = requester.token_expires_at or now + LINK_LIFETIME
         await self.store.write("DELETE FROM paint_links WHERE expires_at < ?",
                                (now - KEEP_EXPIRED,))
@@ -333,6 +363,7 @@ class Painter:
             application_id=link.application_id)
         request = GenerationRequest(
             operation=Operation.INPAINT, options=options,
+            endpoint=link.options.get("endpoint"),
             image=Upload(url=link.image_url, filename=link.image_name), mask_data=mask,
             requester=requester, nsfw_channel=link.nsfw_channel,
             parent_track_id=link.source_track_id,

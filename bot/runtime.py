@@ -16,6 +16,7 @@ from bot.jobs.engine import EnginePolicy, JobEngine
 from bot.jobs.store import JobStore
 from bot.metrics import Metrics
 from bot.modelslab.client import ModelsLabClient
+from bot.modelslab.models import ModelList
 from bot.settings import Settings
 from bot.web import WebServer, create_app, create_metrics_app
 
@@ -35,6 +36,7 @@ class Services:
         self.engine: JobEngine | None = None
         self.web: WebServer | None = None
         self.metrics_web: WebServer | None = None
+        self.models: ModelList | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -51,10 +53,12 @@ class Services:
             policy=EnginePolicy(max_concurrency=s.modelslab_max_concurrency,
                                 max_pause=s.modelslab_max_pause),
             public_base_url=s.public_base_url, metrics=self.metrics)
+        self.models = ModelList(self.client, refresh=s.model_list_refresh)
         self.web = WebServer(create_app(self.engine), s.web_host, s.web_port)
         await self.web.start()
         await self._start_metrics()
         await self.engine.start()
+        self.models.start()  # read in the background, never on a keystroke
         log.info("jobs: %s", "webhooks at " + s.public_base_url if s.public_base_url
                  else "no PUBLIC_BASE_URL, polling every job")
 
@@ -76,6 +80,8 @@ class Services:
         """Webhooks first (handlers in progress finish), then the engine, then the rest.
         Every job is left in a state the next start resumes."""
         web, engine, store, session = self.web, self.engine, self.store, self.session
+        if self.models is not None:
+            await self.models.stop()
         self.web = self.engine = self.store = self.session = None  # stop once
         metrics_web, self.metrics_web = self.metrics_web, None
         if engine is not None:

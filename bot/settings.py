@@ -56,6 +56,8 @@ class Settings(BaseSettings):
     cooldown_burst: Annotated[int, Field(ge=0, le=100)] = 5
     cooldown_seconds: Annotated[float, Field(ge=0, le=3600)] = 5.0
     modelslab_max_concurrency: Annotated[int, Field(ge=1, le=100)] = 5
+    # How often ModelsLab's model lists are read again, in seconds (default 6 hours).
+    model_list_refresh: Annotated[float, Field(gt=0)] = 6 * 3600.0
     log_level: LogLevel = "INFO"
     # For tests against a local Discord; never set in production.
     discord_api_base: str | None = None

@@ -21,7 +21,7 @@ from bot.generation import GenerationRequest, HostedFile, HostFiles, Upload
 from bot.jobs.models import Job
 from bot.modelslab.catalogue import INPAINT, Operation
 from bot.modelslab.payload import GenerationOptions
-from bot.painter import KEPT_OPTIONS, Painter, PaintLink
+from bot.painter import KEPT_OPTIONS, Painter, PaintLink, inpaint_endpoint_for
 from bot.web.paint import PAINTER
 from cogs.generate import is_nsfw_channel, requester_of, start_job, upload_of
 from cogs.remix import IMAGE_NAME, refreshed
@@ -174,6 +174,9 @@ class PaintModal(discord.ui.Modal):
                      if v is not None and k in GenerationOptions.model_fields})
         kept.update(prompt=self.prompt.value, negative_prompt=self.negative.value.strip() or None,
                     strength=strength if strength is not None else kept.get("strength"))
+        target = inpaint_endpoint_for(self.options.get("endpoint"),
+                                      self.source.endpoint if self.source else None)
+        kept = {k: v for k, v in kept.items() if k == "prompt" or target.takes(k)}
         try:
             options = GenerationOptions(**kept)
         except ValueError:
@@ -182,7 +185,8 @@ class PaintModal(discord.ui.Modal):
         source = self.source
         await start_job(bot_of(interaction), interaction, GenerationRequest(
             operation=Operation.INPAINT, options=options, image=self.image,
-            mask=upload_of(self.mask.values[0]), requester=requester_of(interaction),
+            endpoint=target.choice_name, mask=upload_of(self.mask.values[0]),
+            requester=requester_of(interaction),
             nsfw_channel=is_nsfw_channel(interaction),
             parent_track_id=source.track_id if source else None,
             extra={"remix_of": source.track_id} if source else {}))

@@ -22,7 +22,7 @@ from bot.components import DELETE_TEMPLATE, REMIX_TEMPLATE, REROLL_TEMPLATE
 from bot.errors import UserFacingError
 from bot.generation import GenerationRequest, Upload
 from bot.jobs.models import Job, Requester
-from bot.modelslab.catalogue import INPAINT, Operation
+from bot.modelslab.catalogue import ENDPOINTS, Operation
 from bot.modelslab.payload import GenerationOptions
 from cogs.generate import is_nsfw_channel, requester_of, start_job, take_turn, upload_of
 
@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 
 # What a remix keeps of its source's settings; the image, size, seed and count are its own.
 KEPT_OPTIONS = ("negative_prompt", "strength", "model", "steps", "guidance_scale", "scheduler",
-                "clip_skip", "karras")
+                "clip_skip", "karras", "algorithm", "enhance_prompt", "lora", "lora_strength",
+                "vae", "style")
 IMAGE_NAME = re.compile(r"\.(png|jpe?g|webp)$", re.IGNORECASE)
 
 
@@ -75,8 +76,10 @@ async def start_for(interaction: discord.Interaction, request: GenerationRequest
 
 
 def endpoint_for_remix(job: Job) -> str:
-    # A remix has no mask: an inpainting result is remixed with the v6 img2img endpoint.
-    return "v6" if job.endpoint == INPAINT.name else job.endpoint
+    # A remix has no mask: an inpainting result is remixed with the img2img endpoint of the
+    # same choice (v6 inpainting -> v6, enterprise inpainting -> enterprise).
+    source = ENDPOINTS.get(job.endpoint)
+    return source.choice_name if source is not None else "v6"
 
 
 # A link with less time left than this is refreshed before use: ModelsLab may fetch it a while
@@ -283,12 +286,13 @@ class RerollButton(discord.ui.DynamicItem[discord.ui.Button], template=REROLL_TE
         image_url, mask_url = await refreshed(
             bot_of(interaction), image_url, mask_url,
             discord_now=interaction.created_at.timestamp())
+        source = ENDPOINTS[job.endpoint]
         request = GenerationRequest(
-            operation=Operation.INPAINT if job.endpoint == INPAINT.name else Operation.IMG2IMG,
+            operation=source.operation,
             options=GenerationOptions(**options),
             image=Upload(url=image_url, filename="image"),
             mask=Upload(url=mask_url, filename="mask.png") if mask_url else None,
-            endpoint=job.endpoint, requester=requester,
+            endpoint=source.choice_name, requester=requester,
             nsfw_channel=is_nsfw_channel(interaction), parent_track_id=job.track_id,
             extra={k: v for k, v in job.options.items() if k == "remix_of"})
         await start_for(interaction, request)

@@ -436,7 +436,8 @@ class JobEngine:
             if job.status is JobStatus.SUBMITTED:
                 await self._fail(track_id, "ModelsLab never confirmed this job. " + NOT_CHARGED)
                 return
-            if job.poll_attempts >= self.policy.max_poll_attempts or job.request_id is None:
+            if job.poll_attempts >= self.policy.max_poll_attempts or (
+                    job.request_id is None and job.fetch_url is None):
                 await self._fail(track_id, "ModelsLab did not finish the job in time. "
                                  + NOT_CHARGED)
                 return

@@ -163,6 +163,12 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX paint_links_by_expiry ON paint_links(expires_at);
     """,
+    # 6: per-server ModelsLab choices: safety filter type, upscaling, the models allowed.
+    """
+    ALTER TABLE guild_settings ADD COLUMN safety_checker_type TEXT;
+    ALTER TABLE guild_settings ADD COLUMN upscale_enabled INTEGER;
+    ALTER TABLE guild_settings ADD COLUMN allowed_models TEXT NOT NULL DEFAULT '[]';
+    """,
 )
 # Migrations after which the file is rewritten once (VACUUM cannot run in a transaction):
 # 3 turns on incremental auto-vacuum for a database created before it was the default.

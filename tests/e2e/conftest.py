@@ -6,6 +6,7 @@ test works in its own channel so tests don't see each other's messages.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from dataclasses import dataclass
 
@@ -61,13 +62,16 @@ def bot_settings(discord_fake: FakeDiscord, modelslab: FakeModelsLab, tmp_path, 
     return env
 
 
-async def start_world(tmp_path, **settings) -> tuple[World, object]:
+async def start_world(tmp_path, prepare=None, **settings) -> tuple[World, object]:
+    """``prepare(modelslab)``, when given, runs before the bot starts."""
     discord_fake = FakeDiscord()
     await discord_fake.start()
     modelslab = FakeModelsLab()
     await modelslab.start()
     modelslab.auto_complete_after = 0.3
     modelslab.eta = 0.3
+    if prepare is not None:
+        prepare(modelslab)
     discord_fake.add_guild(GUILD, "Remix Club", owner_id=ALICE)
     discord_fake.add_member(GUILD, ALICE, "alice")
     discord_fake.add_member(GUILD, BOB, "bob", permissions=discord.Permissions.none().value)
@@ -80,6 +84,13 @@ async def start_world(tmp_path, **settings) -> tuple[World, object]:
     except Exception:
         await bot.terminate()
         raise AssertionError("the bot never became ready:\n" + bot.log()[-4000:]) from None
+    # The bot reads ModelsLab's model lists in the background at start; let that happen
+    # before a test counts requests.
+    lists = 2 if settings.get("enterprise", True) else 1
+    for _ in range(200):
+        if len(modelslab.model_list_calls) >= lists:
+            break
+        await asyncio.sleep(0.05)
     world = World(discord_fake, modelslab, bot)
 
     async def stop() -> None:
