@@ -22,7 +22,7 @@ from bot.settings import Settings
 log = logging.getLogger(__name__)
 
 # Loaded in this order; each load is guarded so one broken cog cannot stop the bot.
-COGS: tuple[str, ...] = ("cogs.generate", "cogs.remix", "cogs.admin")
+COGS: tuple[str, ...] = ("cogs.generate", "cogs.remix", "cogs.admin", "cogs.membership")
 COMMANDS_HASH_KEY = "global_commands_hash"
 
 
