@@ -22,7 +22,7 @@ import discord
 from PIL import Image
 
 from bot.components import delete_id, remix_id, reroll_id
-from bot.jobs.delivery import DeliveryFailed
+from bot.jobs.delivery import DeliveryFailed, NotInServer
 from bot.jobs.models import Job, JobStatus, Output
 from bot.metrics import Metrics
 
@@ -45,7 +45,7 @@ NONCE_LENGTH = 25  # Discord's longest message nonce
 # ModelsLab's words about the account (not about the image): credit, billing, the key.
 ACCOUNT_ERROR = re.compile(
     r"credit|balance|billing|payment|subscri|wallet|top.?up|insufficient fund|"
-    r"(api|enterprise)?\s*key\b|unauthori[sz]ed|plan (has )?expired|upgrade your plan",
+    r"\bkey\b|unauthori[sz]ed|plan (has )?expired|upgrade your plan",
     re.IGNORECASE)
 ACCOUNT_NOTICE = ("your image could not be made because of a problem with this server's "
                   "ModelsLab account; an admin can see the details in the bot's log. "
@@ -283,6 +283,13 @@ class DiscordDelivery:
                 for name, data in fitted]
 
     async def deliver(self, job: Job, outputs: Sequence[Output]) -> int | None:
+        # Jobs resumed at start-up wait until the bot knows which servers it is in.
+        with contextlib.suppress(RuntimeError):
+            await self.client.wait_until_ready()
+        guild_id = job.requester.guild_id
+        if guild_id is not None and self.client.is_ready() and self.client.get_guild(
+                guild_id) is None:
+            raise NotInServer(f"Remixer is no longer in server {guild_id}")
         try:
             return await self._send(job, outputs, simple=False)
         except _Refused as refused:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from bot.jobs.delivery import Delivery
+from bot.jobs.delivery import Delivery, NotInServer
 from bot.jobs.downloads import DownloadError, OutputDownloader
 from bot.jobs.models import IN_FLIGHT, Job, JobStatus, NewJob, Output
 from bot.jobs.store import JobStore, QuotaRule
@@ -353,6 +353,9 @@ class JobEngine:
                 outputs = await self.store.outputs(track_id)
             try:
                 message_id = await self.delivery.deliver(started, outputs)
+            except NotInServer:
+                await self._drop(started)
+                return
             except Exception as exc:
                 self.metrics.delivery("failed")
                 await self.store.end_delivery_attempt(track_id)
