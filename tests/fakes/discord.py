@@ -2400,6 +2400,10 @@ class FakeDiscord:
         if not rec.acknowledged or rec.response_type in (CB_AUTOCOMPLETE, CB_MODAL):
             rec.refusals.append((req.method, req.path, 404, 10015))
             raise DiscordError(404, 10015, "Unknown Webhook")
+        channel = self._channels.get(rec.channel_id)
+        if channel is not None and channel.guild_id not in self._guilds:
+            rec.refusals.append((req.method, req.path, 404, 10003))
+            raise DiscordError(404, 10003, "Unknown Channel")  # the bot left the server
         return rec
 
     def _webhook_message(self, rec: InteractionRecord, mid: str) -> dict[str, Any]:
