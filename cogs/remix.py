@@ -85,7 +85,8 @@ class RemixModal(discord.ui.Modal):
                                              max_length=2000, style=discord.TextStyle.paragraph)
         self.strength = discord.ui.TextInput(
             label="Strength (0 keeps the image, 1 ignores it)", required=False, max_length=6,
-            default=f"{strength:g}" if strength is not None else None, placeholder="0.7")
+            default=f"{round(strength, 3):g}" if strength is not None else None,
+            placeholder="0.7")
         for item in (self.prompt, self.negative, self.strength):
             self.add_item(item)
 

@@ -17,6 +17,7 @@ from tests.e2e.conftest import (
     start_world,
 )
 from tests.e2e.test_generate import eventually
+from tests.e2e.test_remix import button, modal_fields
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -94,6 +95,19 @@ async def test_the_scheduler_option_is_capped(world):
                                    timeout=15)
     assert shown["flags"] & 64 and len(shown["content"]) <= 2000
     assert len(world.modelslab.requests) == before
+
+
+async def test_a_remix_of_the_longest_prompt_opens_its_form_within_the_limits(world):
+    channel = world.channel()
+    prompt = "a remix " + "p" * 1992
+    await start(world, channel, prompt, strength=0.123456)
+    (result,) = await eventually(lambda: results(world, channel, "a remix ppp"), within=30)
+    click = await world.discord.click(ALICE, result, button(result, "Remix"))
+    await click.response()
+    assert click.modal is not None  # Discord accepted the form
+    fields = modal_fields(click.modal)
+    assert fields["Prompt"] == prompt
+    assert fields["Strength (0 keeps the image, 1 ignores it)"] == "0.123"
 
 
 async def test_a_refused_upload_is_sent_again_smaller_not_retried_and_refunded(world):
