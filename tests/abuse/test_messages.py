@@ -81,6 +81,19 @@ async def test_a_prompt_is_shown_as_text_not_markdown_or_mentions(world):
     assert not message["mention_everyone"]
 
 
+async def test_history_shows_prompts_as_text_on_one_line(world):
+    channel = world.channel()
+    prompt = "# Loud\n<@1002> see [here](https://evil.example) " + "w" * 300
+    await start(world, channel, prompt)
+    await eventually(lambda: results(world, channel, "Loud"))
+    ix = await world.discord.slash(ALICE, channel, "history", {})
+    text = (await ix.response())["data"]["content"]
+    (line,) = [line for line in text.splitlines() if "Loud" in line]
+    assert "<@1002>" not in line and "[here](" not in line
+    assert "\\# Loud" in line and "w…" in line
+    assert len(text) <= 2000
+
+
 async def test_the_scheduler_option_is_capped(world):
     (img2img,) = [c for c in world.discord.global_commands if c["name"] == "img2img"]
     (scheduler,) = [o for o in img2img["options"] if o["name"] == "scheduler"]
