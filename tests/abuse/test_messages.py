@@ -57,13 +57,13 @@ async def test_the_longest_prompt_and_model_id_still_arrive_by_direct_message(wo
     # Blank lines and markdown double in size once quoted and escaped.
     prompt = ("tall *order* " + "\n" * 900 + "_x_ " * 200)[:2000]
     await start(world, channel, prompt, expire=True, model=LONGEST_MODEL)
-    (message,) = await eventually(lambda: dms(world, ALICE, "your image is ready"), within=30)
+    (message,) = await eventually(lambda: dms(world, ALICE, "tall \\*order\\*"), within=30)
     assert len(message["content"]) <= 2000
     assert "mmmmmmmmmm" in message["content"] and "tall \\*order\\*" in message["content"]
     assert "I could not post this in" in message["content"]
     assert len(message["files"]) == 1
     await asyncio.sleep(1.0)
-    assert len(dms(world, ALICE, "your image is ready")) == 1
+    assert len(dms(world, ALICE, "tall \\*order\\*")) == 1
 
 
 async def test_a_prompt_is_shown_as_text_not_markdown_or_mentions(world):
