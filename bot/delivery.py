@@ -293,17 +293,20 @@ class DiscordDelivery:
         try:
             return await self._send(job, outputs, simple=False)
         except _Refused as refused:
-            # Sending the same form again cannot work: a shorter text and smaller files may.
+            # Sending the same form again cannot work: a shorter text and smaller files may
+            # (and no buttons, if they were what Discord refused).
             log.warning("job %s: Discord refused the message (%s, code %s: %s); sending a "
                         "simpler one", job.track_id, refused.exc.status, refused.exc.code,
                         refused.exc.text[:300])
+            buttons = "components" not in refused.exc.text
         try:
-            return await self._send(job, outputs, simple=True)
+            return await self._send(job, outputs, simple=True, buttons=buttons)
         except _Refused as again:
             raise DeliveryFailed(f"Discord refused even the simpler message "
                                  f"({again.exc.status}, code {again.exc.code})") from again.exc
 
-    async def _send(self, job: Job, outputs: Sequence[Output], *, simple: bool) -> int | None:
+    async def _send(self, job: Job, outputs: Sequence[Output], *, simple: bool,
+                    buttons: bool = True) -> int | None:
         succeeded = job.status is JobStatus.SUCCEEDED
         account = not succeeded and is_account_error(job.error)
         if account:
@@ -312,7 +315,7 @@ class DiscordDelivery:
         limits = {"prompt_limit": SIMPLE_PROMPT_SHOWN} if simple else {}
         mentions = discord.AllowedMentions(users=[discord.Object(job.requester.user_id)],
                                            everyone=False, roles=False)
-        view = result_view(job, len(outputs)) if succeeded else None
+        view = result_view(job, len(outputs)) if succeeded and buttons else None
 
         webhook = self._webhook(job)
         if webhook is not None and not succeeded:
