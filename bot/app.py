@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 # Loaded in this order; each load is guarded so one broken cog cannot stop the bot.
 COGS: tuple[str, ...] = ("cogs.generate", "cogs.remix", "cogs.admin", "cogs.paint",
-                         "cogs.upscale")
+                         "cogs.upscale", "cogs.membership")
 COMMANDS_HASH_KEY = "global_commands_hash"
 # Every command is for servers that added the bot: a server's quota, member limits and channel
 # list apply to it. Not in DMs, group DMs, nor as a user-installed app, where none would.

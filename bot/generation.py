@@ -214,8 +214,9 @@ class GenerationService:
             image=SourceImage(image_url, width, height),
             mask=SourceImage(mask_url, width, height) if mask_url else None,
             default_model=server.default_model,
-            # Outside channels marked NSFW the safety checker is always on.
-            safety_checker=not request.nsfw_channel,
+            # Outside channels marked NSFW the safety checker is always on; inside, it stays
+            # on unless the server's policy lets flagged images through as they are.
+            safety_checker=not request.nsfw_channel or server.nsfw_policy == "spoiler",
             safety_checker_type=server.safety_checker_type,
         )
         options = {**request.options.given(), **request.extra,

@@ -12,7 +12,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.delivery import message_link, short_id
+from bot.delivery import as_text, clip, message_link, short_id
 from bot.errors import UserFacingError
 from bot.jobs.models import Job, JobStatus
 from bot.modelslab.catalogue import (
@@ -112,7 +112,7 @@ def history_page(jobs: list[Job], page: int, total: int) -> str:
         return "You have no jobs here yet." if page == 0 else "No more jobs."
     lines = [f"**Your jobs** (page {page + 1} of {max(1, -(-total // HISTORY_PAGE))})"]
     for job in jobs:
-        prompt = job.prompt if len(job.prompt) <= 80 else job.prompt[:79] + "…"
+        prompt = clip(as_text(" ".join(job.prompt.split())), 120)  # one line, as text
         state = STATUS_WORDS[job.status]
         if job.status is JobStatus.DELIVERED and job.error:
             state = "failed"

@@ -57,6 +57,7 @@ CLIP = _span("clip_skip")
 GUIDANCE = _span("guidance_scale", float)
 SEED = _span("seed")
 LORA_STRENGTH = _span("lora_strength", float)
+SCHEDULER_MAX = 64  # longer than any scheduler name: a free text is capped
 ENDPOINT_CHOICES = [app_commands.Choice(name=name, value=name) for name in IMG2IMG_ENDPOINTS]
 INPAINT_ENDPOINT_CHOICES = [app_commands.Choice(name=name, value=name)
                             for name in INPAINT_ENDPOINTS]
@@ -218,7 +219,7 @@ class Generate(commands.Cog):
         samples: app_commands.Range[int, 1, 4] | None = None,
         steps: app_commands.Range[int, STEPS[0], STEPS[1]] | None = None,
         guidance_scale: app_commands.Range[float, GUIDANCE[0], GUIDANCE[1]] | None = None,
-        scheduler: str | None = None,
+        scheduler: app_commands.Range[str, 1, SCHEDULER_MAX] | None = None,
         seed: app_commands.Range[int, SEED[0], SEED[1]] | None = None,
         clip_skip: app_commands.Range[int, CLIP[0], CLIP[1]] | None = None,
         karras: bool | None = None,
@@ -265,7 +266,7 @@ class Generate(commands.Cog):
         samples: app_commands.Range[int, 1, 4] | None = None,
         steps: app_commands.Range[int, STEPS[0], STEPS[1]] | None = None,
         guidance_scale: app_commands.Range[float, GUIDANCE[0], GUIDANCE[1]] | None = None,
-        scheduler: str | None = None,
+        scheduler: app_commands.Range[str, 1, SCHEDULER_MAX] | None = None,
         seed: app_commands.Range[int, SEED[0], SEED[1]] | None = None,
         clip_skip: app_commands.Range[int, CLIP[0], CLIP[1]] | None = None,
         endpoint: app_commands.Choice[str] | None = None,

@@ -137,19 +137,20 @@ class PaintModal(discord.ui.Modal):
         super().__init__(title="Edit region", timeout=15 * 60)
         self.image, self.source, self.options = image, source, options or {}
         self.mask = discord.ui.FileUpload(min_values=1, max_values=1, required=True)
-        self.prompt = discord.ui.TextInput(label="Prompt", default=prompt[:2000] or None,
-                                           max_length=2000, style=discord.TextStyle.paragraph)
-        self.negative = discord.ui.TextInput(label="Negative prompt", required=False,
+        self.prompt = discord.ui.TextInput(default=prompt[:2000] or None, max_length=2000,
+                                           style=discord.TextStyle.paragraph)
+        self.negative = discord.ui.TextInput(required=False,
                                              default=negative_prompt[:2000] or None,
                                              max_length=2000, style=discord.TextStyle.paragraph)
         self.strength = discord.ui.TextInput(
-            label=STRENGTH_LABEL, required=False, max_length=6, placeholder="0.7",
-            default=f"{strength:g}" if strength is not None else None)
+            required=False, max_length=6, placeholder="0.7",
+            default=f"{round(strength, 3):g}" if strength is not None else None)
         self.add_item(discord.ui.Label(
             text="Mask", component=self.mask,
             description="White where the image is repainted, black where it is kept"))
-        for item in (self.prompt, self.negative, self.strength):
-            self.add_item(item)
+        for text, item in (("Prompt", self.prompt), ("Negative prompt", self.negative),
+                           (STRENGTH_LABEL, self.strength)):
+            self.add_item(discord.ui.Label(text=text, component=item))
 
     async def on_submit(self, interaction: discord.Interaction) -> None:
         strength: float | None = None

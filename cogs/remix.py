@@ -175,7 +175,7 @@ class RemixModal(discord.ui.Modal):
                                              max_length=2000, style=discord.TextStyle.paragraph)
         self.strength = discord.ui.TextInput(
             required=False, max_length=6,
-            default=f"{strength:g}" if strength is not None else None, placeholder="0.7")
+            default=f"{round(strength, 3):g}" if strength is not None else None, placeholder="0.7")
         for text, item in (("Prompt", self.prompt), ("Negative prompt", self.negative),
                            ("Strength (0 keeps the image, 1 ignores it)", self.strength)):
             self.add_item(discord.ui.Label(text=text, component=item))
