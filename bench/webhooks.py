@@ -105,6 +105,7 @@ async def run(jobs: int, concurrency: int, samples: int) -> None:
                "MODELSLAB_BASE_URL": fake.base_url, "PUBLIC_BASE_URL": url,
                "WEB_HOST": "127.0.0.1", "WEB_PORT": str(port),
                "DATABASE_PATH": str(tmp / "bot.sqlite3"),
+               "ALLOW_LOOPBACK_OUTBOUND": "1", "MODELSLAB_OUTPUT_HOSTS": "127.0.0.1",
                "DELIVERIES_FILE": str(tmp / "deliveries.jsonl"),
                "MODELSLAB_MAX_CONCURRENCY": "100", "LOG_LEVEL": "WARNING",
                "PYTHONPATH": str(ROOT)}

@@ -16,6 +16,7 @@ from bot.jobs.engine import EnginePolicy, JobEngine
 from bot.jobs.store import JobStore
 from bot.metrics import Metrics
 from bot.modelslab.client import ModelsLabClient
+from bot.net import outbound_session
 from bot.settings import Settings
 from bot.web import WebServer, create_app
 
@@ -37,7 +38,10 @@ class Services:
 
     async def start(self) -> None:
         s = self.settings
-        self.session = aiohttp.ClientSession(
+        # Every outbound request goes through this session: public addresses only (loopback
+        # too when ALLOW_LOOPBACK_OUTBOUND, for test suites), redirects re-checked per hop.
+        self.session = outbound_session(
+            allow_loopback=s.allow_loopback_outbound,
             timeout=aiohttp.ClientTimeout(total=120, sock_connect=10),
             headers={"User-Agent": "Remixer (self-hosted Discord bot)"},
         )
@@ -46,7 +50,8 @@ class Services:
             self.session, base_url=s.modelslab_base_url, api_key=s.modelslab_api_key,
             enterprise_key=s.modelslab_enterprise_api_key, metrics=self.metrics)
         self.engine = JobEngine(
-            self.store, self.client, self.delivery, OutputDownloader(self.session),
+            self.store, self.client, self.delivery,
+            OutputDownloader(self.session, output_hosts=s.output_hosts),
             policy=EnginePolicy(max_concurrency=s.modelslab_max_concurrency),
             public_base_url=s.public_base_url, metrics=self.metrics)
         self.web = WebServer(create_app(self.engine), s.web_host, s.web_port)

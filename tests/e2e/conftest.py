@@ -49,6 +49,9 @@ def bot_settings(discord_fake: FakeDiscord, modelslab: FakeModelsLab, tmp_path, 
         "WEB_PORT": str(port),
         "DATABASE_PATH": str(tmp_path / "bot.sqlite3"),
         "LOG_LEVEL": "INFO",
+        # The fakes live on loopback: outbound requests may go there, and outputs come from it.
+        "ALLOW_LOOPBACK_OUTBOUND": "1",
+        "MODELSLAB_OUTPUT_HOSTS": "127.0.0.1",
     }
     if enterprise:
         env["MODELSLAB_ENTERPRISE_API_KEY"] = modelslab.enterprise_key

@@ -16,7 +16,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 SETTING_PREFIXES = ("DISCORD_", "MODELSLAB_", "WEB_", "PUBLIC_", "DATABASE_", "DEV_GUILD",
-                    "DEFAULT_MODEL", "DAILY_", "LOG_LEVEL")
+                    "DEFAULT_MODEL", "DAILY_", "LOG_LEVEL", "ALLOW_LOOPBACK_OUTBOUND")
 
 
 def free_port() -> int:

@@ -19,11 +19,14 @@ from bot.jobs.store import JobStore
 from bot.modelslab.catalogue import ENDPOINTS
 from bot.modelslab.client import ModelsLabClient
 from bot.modelslab.payload import GenerationOptions, SourceImage, build_payload
+from bot.net import OutputHosts
 from bot.web import WebServer, create_app
 
 FAST = EnginePolicy(max_concurrency=5, webhook_grace=0.5, first_poll=0.05, poll_backoff=1.5,
                     max_poll_interval=0.3, unknown_outcome_wait=1.0, not_sent_retry=0.1,
                     delivery_retry=0.05, sweep_interval=0.5, tick=0.05)
+# The fake ModelsLab's CDN lives on loopback: its outputs are accepted from there.
+LOOPBACK_OUTPUTS = OutputHosts(("127.0.0.1",))
 FAST_DOWNLOADS = DownloadPolicy(not_found_window=1.5, first_retry_delay=0.05,
                                 max_retry_delay=0.2, timeout=5)
 
@@ -126,7 +129,8 @@ class RunningEngine:
     async def __aenter__(self) -> RunningEngine:
         self.store = await JobStore.open(self.db_path)
         self.engine = JobEngine(self.store, self.client, self.delivery,
-                                OutputDownloader(self.session, self.downloads),
+                                OutputDownloader(self.session, self.downloads,
+                                                 output_hosts=LOOPBACK_OUTPUTS),
                                 policy=self.policy,
                                 public_base_url=self.base_url if self.webhooks else None,
                                 metrics=self.metrics)

@@ -24,6 +24,7 @@ def engine_settings(fake, workdir: Path, port: int, **extra: str) -> dict[str, s
             "MODELSLAB_BASE_URL": fake.base_url, "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
             "WEB_HOST": "127.0.0.1", "WEB_PORT": str(port),
             "DATABASE_PATH": str(workdir / "bot.sqlite3"),
+            "ALLOW_LOOPBACK_OUTBOUND": "1", "MODELSLAB_OUTPUT_HOSTS": "127.0.0.1",
             "DELIVERIES_FILE": str(workdir / "deliveries.jsonl"),
             "PYTHONPATH": str(ROOT), **extra}
 
