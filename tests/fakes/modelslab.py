@@ -471,6 +471,7 @@ class _Script:
     data: bytes
     content_type: str
     times: int
+    headers: dict[str, str] | None = None
 
 
 @dataclass
@@ -694,9 +695,11 @@ class FakeModelsLab:
         *,
         content_type: str = "application/json",
         times: int = 1,
+        headers: dict[str, str] | None = None,
     ) -> None:
         """Queue a canned answer: the next ``times`` requests of ``kind`` ("submit"/"fetch")
-        get exactly this status, body and Content-Type instead of the normal behaviour.
+        get exactly this status, body and Content-Type (and any extra ``headers``, e.g. a
+        redirect's Location) instead of the normal behaviour.
 
         dict/list bodies are JSON-encoded; str is sent as UTF-8; bytes are sent as they are
         (e.g. malformed JSON). Scripted requests are recorded (``scripted=True``), create no job
@@ -711,7 +714,7 @@ class FakeModelsLab:
             data = body.encode("utf-8")
         else:
             data = _json_bytes(body)
-        self._scripts[kind].append(_Script(status, data, content_type, times))
+        self._scripts[kind].append(_Script(status, data, content_type, times, headers))
 
     def transform_next(self, kind: str, fn: Callable[[Any], Any], *, times: int = 1) -> None:
         """The next ``times`` normal JSON answers of ``kind`` are passed through ``fn`` (which
@@ -906,7 +909,8 @@ class FakeModelsLab:
             rec.scripted = True
             if kind == "submit" and endpoint is not None:
                 rec.errors = self._would_refuse(request, raw, endpoint)
-            return self._send(rec, entry.status, entry.data, entry.content_type)
+            return self._send(rec, entry.status, entry.data, entry.content_type,
+                              entry.headers)
 
         try:
             if kind == "submit" and endpoint is not None:
@@ -930,10 +934,12 @@ class FakeModelsLab:
         return self._send(rec, status, _json_bytes(body), "application/json")
 
     def _send(
-        self, rec: RecordedRequest, status: int, data: bytes, content_type: str
+        self, rec: RecordedRequest, status: int, data: bytes, content_type: str,
+        headers: dict[str, str] | None = None,
     ) -> web.Response:
         rec.response = RecordedResponse(status, _shown(data), content_type, data)
-        return web.Response(status=status, body=data, headers={"Content-Type": content_type})
+        return web.Response(status=status, body=data,
+                            headers={**(headers or {}), "Content-Type": content_type})
 
     @staticmethod
     def _route(path: str) -> tuple[str, str | None, str | None, str | None]:
