@@ -222,8 +222,14 @@ _HOST_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 
 
 def check_host_pattern(pattern: str) -> str:
-    """One entry of the output-host list, normalised; ValueError in words when unusable."""
+    """One entry of the output-host list, normalised; ValueError in words when unusable.
+    An exact host may name a port (``host:port``): only that port is accepted then."""
     text = pattern.strip().lower().rstrip(".")
+    pinned = re.fullmatch(r"([^:*]+):(\d{1,5})", text)
+    if pinned is not None:
+        if not 0 < int(pinned[2]) < 65536:
+            raise ValueError(f"{pattern!r} has a port out of range")
+        return f"{check_host_pattern(pinned[1])}:{int(pinned[2])}"
     name = text.removeprefix("*.")
     if not name or not all(_HOST_LABEL.fullmatch(label) for label in name.split(".")):
         if _is_ip(name) and text == name:
@@ -246,8 +252,9 @@ def _is_ip(text: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class OutputHosts:
-    """The hosts ModelsLab's output links may point to: exact names and ``*.domain``
-    patterns. Links must be https on the default port, except on loopback hosts (tests)."""
+    """The hosts ModelsLab's output links may point to: exact names (``host:port`` pins a
+    port) and ``*.domain`` patterns. Links must be https, on the default port unless pinned;
+    plain http and any port only on a listed loopback host (the test suites' fakes)."""
 
     patterns: tuple[str, ...] = DEFAULT_OUTPUT_HOSTS
 
@@ -263,11 +270,12 @@ class OutputHosts:
         if where is None:
             return False
         scheme, host, port = where
-        if not host or not self._matches(host):
+        if not host:
             return False
-        if is_loopback(host):
-            return scheme in ("http", "https")
-        return scheme == "https" and port == 443
+        pinned = f"{host}:{port}" in self.patterns
+        if not pinned and not (self._matches(host) and (port == 443 or is_loopback(host))):
+            return False
+        return scheme == "https" or (scheme == "http" and is_loopback(host))
 
     def _matches(self, host: str) -> bool:
         if host in self.patterns:

@@ -192,6 +192,15 @@ def test_other_hosts_are_not_output_hosts(url):
     assert not OutputHosts().allows(url)
 
 
+def test_a_pinned_port_accepts_that_port_only():
+    hosts = OutputHosts.parse("127.0.0.1:5000, cdn.example.org:8443")
+    assert hosts.allows("http://127.0.0.1:5000/generations/a.png")
+    assert not hosts.allows("http://127.0.0.1:5001/steal.png")  # another server on loopback
+    assert hosts.allows("https://cdn.example.org:8443/a.png")
+    assert not hosts.allows("http://cdn.example.org:8443/a.png")
+    assert not hosts.allows("https://cdn.example.org/a.png")
+
+
 def test_listed_loopback_hosts_are_output_hosts_over_http():
     hosts = OutputHosts.parse("127.0.0.1, localhost")
     assert hosts.allows("http://127.0.0.1:9000/generations/a.png")

@@ -15,6 +15,7 @@ import pytest_asyncio
 
 from tests.e2e.harness import BotProcess, free_port
 from tests.fakes import FakeDiscord, FakeModelsLab, png_bytes
+from tests.support.jobs import cdn_host
 
 GUILD = 10
 ALICE, BOB, MOD = 1001, 1002, 1003
@@ -51,7 +52,7 @@ def bot_settings(discord_fake: FakeDiscord, modelslab: FakeModelsLab, tmp_path, 
         "LOG_LEVEL": "INFO",
         # The fakes live on loopback: outbound requests may go there, and outputs come from it.
         "ALLOW_LOOPBACK_OUTBOUND": "1",
-        "MODELSLAB_OUTPUT_HOSTS": "127.0.0.1",
+        "MODELSLAB_OUTPUT_HOSTS": cdn_host(modelslab),
     }
     if enterprise:
         env["MODELSLAB_ENTERPRISE_API_KEY"] = modelslab.enterprise_key

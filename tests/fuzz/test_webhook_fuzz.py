@@ -39,6 +39,7 @@ from tests.support.jobs import (
     Delivered,
     RecordingDelivery,
     RunningEngine,
+    cdn_outputs,
     make_client,
     new_job,
 )
@@ -138,7 +139,8 @@ async def world(tmp_path, fake, http, unused_tcp_port, evil) -> AsyncIterator[Wo
     delivery = RecordingDelivery()
     client = make_client(http, fake.base_url, fake.api_key, fake.enterprise_key)
     async with RunningEngine(db_path=tmp_path / "bot.sqlite3", client=client, delivery=delivery,
-                             session=http, port=unused_tcp_port) as r:
+                             session=http, port=unused_tcp_port,
+                             output_hosts=cdn_outputs(fake)) as r:
         errors: list[logging.LogRecord] = []
         handler = _Collect(errors)
         logging.getLogger("bot").addHandler(handler)
