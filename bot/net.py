@@ -254,7 +254,7 @@ def _is_ip(text: str) -> bool:
 class OutputHosts:
     """The hosts ModelsLab's output links may point to: exact names (``host:port`` pins a
     port) and ``*.domain`` patterns. Links must be https, on the default port unless pinned;
-    plain http and any port only on a listed loopback host (the test suites' fakes)."""
+    on a listed loopback host (the test suites' fakes), plain http on any port unless pinned."""
 
     patterns: tuple[str, ...] = DEFAULT_OUTPUT_HOSTS
 
@@ -275,7 +275,9 @@ class OutputHosts:
         pinned = f"{host}:{port}" in self.patterns
         if not pinned and not (self._matches(host) and (port == 443 or is_loopback(host))):
             return False
-        return scheme == "https" or (scheme == "http" and is_loopback(host))
+        # https on the internet; the suites' loopback fakes speak plain http (and only that,
+        # so a link is never read as a different origin on the same host and port).
+        return scheme == ("http" if is_loopback(host) else "https")
 
     def _matches(self, host: str) -> bool:
         if host in self.patterns:
