@@ -243,7 +243,6 @@ class ModelsLabClient:
             raise OutcomeUnknown(f"ModelsLab answered HTTP {status} for {path}")
         return response
 
-
     def _redirected(self, kind: str, path: str, location: str | None) -> ModelsLabError:
         where = urlsplit(location).netloc if location else ""
         message = REDIRECT_MESSAGE.format(where=f" ({where})" if where else "")
