@@ -40,7 +40,7 @@ from bot.modelslab.catalogue import (
 )
 from bot.modelslab.models import ModelList
 from bot.modelslab.payload import GenerationOptions, SourceImage, build_payload
-from bot.net import read_capped
+from bot.net import MAX_REDIRECTS, blocked_reason, read_capped
 from bot.servers import Servers, ServerSettings, next_reset
 from bot.settings import Settings
 
@@ -274,12 +274,19 @@ class GenerationService:
         if upload.size is not None:
             check_declared_size(upload.size, label)
         try:
-            async with self._session.get(upload.url, timeout=DOWNLOAD_TIMEOUT) as resp:
+            # The session connects only to public addresses, each redirect hop re-checked.
+            async with self._session.get(upload.url, timeout=DOWNLOAD_TIMEOUT,
+                                         max_redirects=MAX_REDIRECTS) as resp:
                 if resp.status != 200:
                     raise UserFacingError(f"The {label} could not be downloaded from Discord "
                                           f"(HTTP {resp.status}); try attaching it again.")
                 data = await read_capped(resp.content, MAX_UPLOAD_BYTES)
-        except (aiohttp.ClientError, TimeoutError):
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            if (blocked := blocked_reason(exc)) is not None:
+                log.warning("the %s was not downloaded: %s", label, blocked)
+                raise UserFacingError(f"The {label}'s link points to an address that is not on "
+                                      f"the public internet, so Remixer did not download it; "
+                                      f"attach the file itself.") from None
             raise UserFacingError(f"The {label} could not be downloaded from Discord; "
                                   f"try again in a moment.") from None
         return await self._checked(data, label, upload.filename)

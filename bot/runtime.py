@@ -17,6 +17,7 @@ from bot.jobs.store import JobStore
 from bot.metrics import Metrics
 from bot.modelslab.client import ModelsLabClient
 from bot.modelslab.models import ModelList
+from bot.net import outbound_session
 from bot.settings import Settings
 from bot.web import WebServer, create_app, create_metrics_app
 
@@ -40,7 +41,10 @@ class Services:
 
     async def start(self) -> None:
         s = self.settings
-        self.session = aiohttp.ClientSession(
+        # Every outbound request goes through this session: public addresses only (loopback
+        # too when ALLOW_LOOPBACK_OUTBOUND, for test suites), redirects re-checked per hop.
+        self.session = outbound_session(
+            allow_loopback=s.allow_loopback_outbound,
             timeout=aiohttp.ClientTimeout(total=120, sock_connect=10),
             headers={"User-Agent": "Remixer (self-hosted Discord bot)"},
         )
@@ -49,7 +53,8 @@ class Services:
             self.session, base_url=s.modelslab_base_url, api_key=s.modelslab_api_key,
             enterprise_key=s.modelslab_enterprise_api_key, metrics=self.metrics)
         self.engine = JobEngine(
-            self.store, self.client, self.delivery, OutputDownloader(self.session),
+            self.store, self.client, self.delivery,
+            OutputDownloader(self.session, output_hosts=s.output_hosts),
             policy=EnginePolicy(max_concurrency=s.modelslab_max_concurrency,
                                 max_pause=s.modelslab_max_pause),
             public_base_url=s.public_base_url, metrics=self.metrics)

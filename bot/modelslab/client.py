@@ -20,7 +20,11 @@ What is retried, and why:
   makes one attempt per call so that the backoff lives in one place.
 
 The API key is only ever sent to the configured API host: a ``fetch_result`` URL pointing
-anywhere else is ignored in favour of the endpoint family's documented fetch route.
+anywhere else is ignored in favour of the endpoint family's documented fetch route, and no
+request (each carries the key, and a submit the webhook's secret) follows a redirect: a 307 or
+308 would re-send the body to wherever it points. A redirect answer is an error in words:
+``Redirected`` for a submit (not accepted at the API: not charged), ``FetchRedirected`` for a
+fetch (the poller tries again later, and gives up in time).
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from pydantic import SecretStr
 
 from bot.modelslab.catalogue import Endpoint, KeyKind
 from bot.modelslab.responses import ApiResponse, ApiStatus, MalformedResponse, parse_response
-from bot.net import origin, read_capped
+from bot.net import RedirectRefused, origin, read_capped
 
 if TYPE_CHECKING:
     from bot.metrics import Metrics
@@ -97,6 +101,28 @@ class Rejected(ModelsLabError):
         return self.response.readable_error
 
 
+REDIRECT_MESSAGE = ("it answered with a redirect to another address{where}; "
+                    "the key was not sent there")
+
+
+class Redirected(Rejected):
+    """A submit was answered with a redirect, which is not followed: the request was not
+    accepted at the API (nothing was made, nothing charged) and the key went nowhere else."""
+
+    def __init__(self, message: str) -> None:
+        ModelsLabError.__init__(self, message)
+        self._message = message
+
+    @property
+    def message(self) -> str:
+        return self._message
+
+
+class FetchRedirected(OutcomeUnknown):
+    """A fetch was answered with a redirect, which is not followed; the job is asked again
+    later."""
+
+
 class MissingKey(ModelsLabError):
     """The endpoint needs a key this bot was not given (the enterprise key)."""
 
@@ -149,7 +175,7 @@ class ModelsLabClient:
             payload["webhook"] = webhook
         with self._timed("submit"):
             response = await self._post(self._base_url + endpoint.path, payload,
-                                        self._submit_timeout)
+                                        self._submit_timeout, kind="submit")
             if response.status in (ApiStatus.ERROR, ApiStatus.FAILED):
                 raise Rejected(response)
         return response
@@ -175,7 +201,7 @@ class ModelsLabClient:
             path, extra = endpoint.fetch.build(request_id)
             url, body = self._base_url + path, {"key": key, **extra}
         with self._timed("fetch"):
-            return await self._post(url, body, self._fetch_timeout)
+            return await self._post(url, body, self._fetch_timeout, kind="fetch")
 
     def has_key(self, kind: KeyKind) -> bool:
         return kind in self._keys
@@ -229,16 +255,23 @@ class ModelsLabClient:
                 self.metrics.observe_request(kind, outcome, time.monotonic() - started)
 
     async def _post(
-        self, url: str, payload: Mapping[str, Any], limits: aiohttp.ClientTimeout
+        self, url: str, payload: Mapping[str, Any], limits: aiohttp.ClientTimeout, *,
+        kind: str = "submit",
     ) -> ApiResponse:
         path = urlsplit(url).path
         started = time.monotonic()
         try:
-            async with self._session.post(url, json=payload, timeout=limits) as resp:
-                raw = await read_capped(resp.content, MAX_ANSWER_BYTES)
+            # The body carries the key: never re-sent anywhere, so redirects are not followed.
+            async with self._session.post(url, json=payload, timeout=limits,
+                                          allow_redirects=False) as resp:
                 status = resp.status
+                if 300 <= status < 400:
+                    raise self._redirected(kind, path, resp.headers.get("Location"))
+                raw = await read_capped(resp.content, MAX_ANSWER_BYTES)
                 retry_header = resp.headers.get("Retry-After")
                 reset_header = resp.headers.get("X-RateLimit-Reset")
+        except RedirectRefused:
+            raise self._redirected(kind, path, None) from None
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
             raise NotSent(f"could not connect to ModelsLab for {path}: {_reason(exc)}") from None
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -266,6 +299,14 @@ class ModelsLabClient:
         if status >= 500 and response.status is not ApiStatus.ERROR:
             raise OutcomeUnknown(f"ModelsLab answered HTTP {status} for {path}")
         return response
+
+    def _redirected(self, kind: str, path: str, location: str | None) -> ModelsLabError:
+        where = urlsplit(location).netloc if location else ""
+        message = REDIRECT_MESSAGE.format(where=f" ({where})" if where else "")
+        log.warning("ModelsLab answered the %s for %s with a redirect to %s; not followed, "
+                    "the key was not sent there", kind, path, where or "an unnamed address")
+        return Redirected(message) if kind == "submit" else FetchRedirected(
+            "ModelsLab " + message)
 
 
 def _proves_not_accepted(response: ApiResponse) -> bool:

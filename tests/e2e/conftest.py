@@ -16,6 +16,7 @@ import pytest_asyncio
 
 from tests.e2e.harness import BotProcess, free_port
 from tests.fakes import FakeDiscord, FakeModelsLab, png_bytes
+from tests.support.jobs import cdn_host
 
 GUILD = 10
 ALICE, BOB, MOD = 1001, 1002, 1003
@@ -55,6 +56,9 @@ def bot_settings(discord_fake: FakeDiscord, modelslab: FakeModelsLab, tmp_path, 
         # Tests act faster than any member: the cooldown is tested on its own
         # (tests/abuse/test_server_rules.py), with the bot's defaults.
         "COOLDOWN_BURST": "0",
+        # The fakes live on loopback: outbound requests may go there, and outputs come from it.
+        "ALLOW_LOOPBACK_OUTBOUND": "1",
+        "MODELSLAB_OUTPUT_HOSTS": cdn_host(modelslab),
     }
     if enterprise:
         env["MODELSLAB_ENTERPRISE_API_KEY"] = modelslab.enterprise_key

@@ -763,7 +763,8 @@ class FakeModelsLab:
         headers: Mapping[str, str] | None = None,
     ) -> None:
         """Queue a canned answer: the next ``times`` requests of ``kind`` ("submit"/"fetch")
-        get exactly this status, body and Content-Type instead of the normal behaviour.
+        get exactly this status, body and Content-Type (and any extra ``headers``, e.g. a
+        redirect's Location) instead of the normal behaviour.
 
         dict/list bodies are JSON-encoded; str is sent as UTF-8; bytes are sent as they are
         (e.g. malformed JSON). Scripted requests are recorded (``scripted=True``), create no job

@@ -10,11 +10,13 @@ from pydantic import SecretStr
 from bot.errors import OptionError
 from bot.modelslab.catalogue import ENDPOINTS
 from bot.modelslab.client import (
+    FetchRedirected,
     MissingKey,
     ModelsLabClient,
     NotSent,
     OutcomeUnknown,
     RateLimited,
+    Redirected,
     Rejected,
 )
 from bot.modelslab.payload import GenerationOptions, SourceImage, build_payload
@@ -350,3 +352,41 @@ async def test_429_reset_as_an_epoch_second_is_turned_into_a_wait(fake, client):
     with pytest.raises(RateLimited) as caught:
         await client.submit(ENDPOINTS["v6"], body_for(fake, "v6"))
     assert 100 <= caught.value.retry_after <= 121
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+async def test_a_redirected_submit_or_fetch_sends_the_key_nowhere_else(fake, client, status,
+                                                                       unused_tcp_port):
+    """No request carrying a key follows a redirect: a 307/308 would re-send the body (key and
+    webhook URL) to wherever it points. The redirect is an error in words."""
+    seen: list[web.Request] = []
+
+    async def record(request: web.Request) -> web.Response:
+        seen.append(request)
+        return web.json_response({"status": "success", "id": 1, "output": ["https://x/1.png"]})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", record)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", unused_tcp_port).start()
+    elsewhere = f"http://127.0.0.1:{unused_tcp_port}"
+    try:
+        fake.script("submit", status, {"status": "moved"},
+                    headers={"Location": elsewhere + "/api/v6/images/img2img"})
+        with pytest.raises(Redirected) as submit_error:
+            await client.submit(ENDPOINTS["v6"], body_for(fake, "v6"),
+                                webhook="https://bot.example.org/webhooks/x/secret")
+        fake.script("fetch", status, "", headers={"Location": elsewhere + "/fetch/1"})
+        with pytest.raises(FetchRedirected) as fetch_error:
+            await client.fetch(ENDPOINTS["v6"], "1")
+    finally:
+        await runner.cleanup()
+    assert seen == []
+    assert isinstance(submit_error.value, Rejected)  # not accepted at the API: not charged
+    assert isinstance(fetch_error.value, OutcomeUnknown)  # the poller asks again later
+    for error in (submit_error.value, fetch_error.value):
+        assert "redirect to another address" in str(error)
+        assert "the key was not sent there" in str(error)
+        assert fake.api_key not in str(error)
+    assert "redirect" in submit_error.value.message
