@@ -158,16 +158,16 @@ async def refreshed(bot: RemixerBot, *urls: str | None,
     return [chosen.get(u, u) if u else u for u in urls]
 
 
-class RemixModal(discord.ui.Modal):
-    """Prompt, negative prompt and strength for a remix; the prompt comes prefilled."""
+STRENGTH_LABEL = "Strength (0 keeps the image, 1 ignores it)"
 
-    def __init__(self, *, title: str, image: Upload, prompt: str = "",
-                 negative_prompt: str = "", strength: float | None = None,
-                 source: Job | None = None) -> None:
+
+class PromptModal(discord.ui.Modal):
+    """A form with the prompt, negative prompt and strength, each input inside a Label
+    (Discord's current modal layout, not action rows), after any ``first`` items."""
+
+    def __init__(self, *, title: str, prompt: str = "", negative_prompt: str = "",
+                 strength: float | None = None, first: tuple[discord.ui.Item, ...] = ()) -> None:
         super().__init__(title=title, timeout=15 * 60)
-        self.image = image
-        self.source = source
-        # Each input sits in a Label (Discord's current modal layout, not action rows).
         self.prompt = discord.ui.TextInput(default=prompt[:2000] or None,
                                            max_length=2000, style=discord.TextStyle.paragraph)
         self.negative = discord.ui.TextInput(required=False,
@@ -176,20 +176,41 @@ class RemixModal(discord.ui.Modal):
         self.strength = discord.ui.TextInput(
             required=False, max_length=6,
             default=f"{round(strength, 3):g}" if strength is not None else None, placeholder="0.7")
+        for item in first:
+            self.add_item(item)
         for text, item in (("Prompt", self.prompt), ("Negative prompt", self.negative),
-                           ("Strength (0 keeps the image, 1 ignores it)", self.strength)):
+                           (STRENGTH_LABEL, self.strength)):
             self.add_item(discord.ui.Label(text=text, component=item))
 
+    async def read_strength(self, interaction: discord.Interaction) -> tuple[bool, float | None]:
+        """(True, the strength or None when left empty), or (False, None) when it is not a
+        number: the member has then been told so."""
+        if not self.strength.value.strip():
+            return True, None
+        try:
+            return True, float(self.strength.value.strip().replace(",", "."))
+        except ValueError:
+            await interaction.response.send_message(
+                f"strength must be a number between 0 and 1, not {self.strength.value!r}.",
+                ephemeral=True)
+            return False, None
+
+
+class RemixModal(PromptModal):
+    """Prompt, negative prompt and strength for a remix; the prompt comes prefilled."""
+
+    def __init__(self, *, title: str, image: Upload, prompt: str = "",
+                 negative_prompt: str = "", strength: float | None = None,
+                 source: Job | None = None) -> None:
+        super().__init__(title=title, prompt=prompt, negative_prompt=negative_prompt,
+                         strength=strength)
+        self.image = image
+        self.source = source
+
     async def on_submit(self, interaction: discord.Interaction) -> None:
-        strength: float | None = None
-        if self.strength.value.strip():
-            try:
-                strength = float(self.strength.value.strip().replace(",", "."))
-            except ValueError:
-                await interaction.response.send_message(
-                    f"strength must be a number between 0 and 1, not {self.strength.value!r}.",
-                    ephemeral=True)
-                return
+        ok, strength = await self.read_strength(interaction)
+        if not ok:
+            return
         requester = (requester_for(interaction, self.source) if self.source
                      else requester_of(interaction) if interaction.guild_id else None)
         if requester is None:
