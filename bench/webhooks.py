@@ -26,7 +26,7 @@ import aiohttp
 from bot.jobs.models import JobStatus
 from bot.jobs.store import JobStore
 from tests.fakes import FakeModelsLab
-from tests.support.jobs import FileDelivery, new_job
+from tests.support.jobs import FileDelivery, cdn_host, new_job
 from tests.support.processes import EngineProcess
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,6 +105,7 @@ async def run(jobs: int, concurrency: int, samples: int) -> None:
                "MODELSLAB_BASE_URL": fake.base_url, "PUBLIC_BASE_URL": url,
                "WEB_HOST": "127.0.0.1", "WEB_PORT": str(port), "METRICS_PORT": str(free_port()),
                "DATABASE_PATH": str(tmp / "bot.sqlite3"),
+               "ALLOW_LOOPBACK_OUTBOUND": "1", "MODELSLAB_OUTPUT_HOSTS": cdn_host(fake),
                "DELIVERIES_FILE": str(tmp / "deliveries.jsonl"),
                "MODELSLAB_MAX_CONCURRENCY": "100", "LOG_LEVEL": "WARNING",
                "PYTHONPATH": str(ROOT)}

@@ -23,7 +23,8 @@ from bot.settings import Settings
 log = logging.getLogger(__name__)
 
 # Loaded in this order; each load is guarded so one broken cog cannot stop the bot.
-COGS: tuple[str, ...] = ("cogs.generate", "cogs.remix", "cogs.admin", "cogs.paint")
+COGS: tuple[str, ...] = ("cogs.generate", "cogs.remix", "cogs.admin", "cogs.paint",
+                         "cogs.upscale", "cogs.membership")
 COMMANDS_HASH_KEY = "global_commands_hash"
 # Every command is for servers that added the bot: a server's quota, member limits and channel
 # list apply to it. Not in DMs, group DMs, nor as a user-installed app, where none would.
@@ -102,6 +103,13 @@ class RemixerBot(commands.Bot):
         self.servers: Servers | None = None
         self.cooldowns: Cooldowns | None = None
 
+    def serves_guild(self, guild_id: int) -> bool:
+        """Whether this process's gateway shards carry the server's events (Discord routes
+        a server to shard ``(id >> 22) % SHARD_COUNT``); always, with one shard."""
+        count = self.shard_count or 1
+        ids = getattr(self, "shard_ids", None)
+        return count <= 1 or ids is None or (guild_id >> 22) % count in ids
+
     async def setup_hook(self) -> None:
         await self.services.start()
         assert self.services.engine is not None and self.services.session is not None
@@ -109,7 +117,8 @@ class RemixerBot(commands.Bot):
         self.servers = Servers(self.services.store, self.settings)
         self.cooldowns = Cooldowns(self.servers)
         self.generation = GenerationService(self.settings, self.services.engine,
-                                            self.services.session, self.servers)
+                                            self.services.session, self.servers,
+                                            models=self.services.models)
         for name in COGS:
             try:
                 await self.load_extension(name)

@@ -8,6 +8,7 @@ REMIX_TEMPLATE = rf"remix:{TRACK}:(?P<index>[0-9])"
 REROLL_TEMPLATE = rf"reroll:{TRACK}"
 DELETE_TEMPLATE = rf"delete:{TRACK}"
 PAINT_TEMPLATE = rf"paint:{TRACK}"
+UPSCALE_TEMPLATE = rf"upscale:{TRACK}:(?P<index>[0-9])"
 
 
 def remix_id(track_id: str, index: int) -> str:
@@ -24,3 +25,5 @@ def delete_id(track_id: str) -> str:
 
 def paint_id(track_id: str) -> str:
     return f"paint:{track_id}"
+def upscale_id(track_id: str, index: int) -> str:
+    return f"upscale:{track_id}:{index}"

@@ -7,7 +7,6 @@ attachments' URLs and a way to host converted images (``HostFiles``).
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable
@@ -22,24 +21,27 @@ from bot.images import (
     CheckedImage,
     ImageRejected,
     check_declared_size,
-    check_image,
-    prepare_init_image,
-    prepare_mask,
+    check_image_async,
+    prepare_init_image_async,
+    prepare_mask_async,
 )
 from bot.jobs.engine import JobEngine
 from bot.jobs.models import Job, NewJob, Requester
-from bot.jobs.store import QuotaExceeded, TooManyJobs
+from bot.jobs.store import QuotaExceeded, QuotaRule, TooManyJobs
 from bot.modelslab.catalogue import (
     DEFAULT_IMG2IMG_ENDPOINT,
-    ENDPOINTS,
-    INPAINT,
+    DEFAULT_INPAINT_ENDPOINT,
+    UPSCALE,
     Endpoint,
     KeyKind,
     Operation,
+    by_choice,
+    choices_for,
 )
+from bot.modelslab.models import ModelList
 from bot.modelslab.payload import GenerationOptions, SourceImage, build_payload
-from bot.net import read_capped
-from bot.servers import Servers, next_reset
+from bot.net import MAX_REDIRECTS, blocked_reason, read_capped
+from bot.servers import Servers, ServerSettings, next_reset
 from bot.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -81,6 +83,9 @@ class GenerationRequest:
     extra: dict[str, Any] = field(default_factory=dict)  # kept with the job (e.g. remix source)
 
 
+NO_SERVER = "Remixer works only in a server that has added it; use it in your server."
+
+
 def quota_refusal(used: int, limit: int, asked: int, resets_at: dt.datetime) -> UserFacingError:
     when = f"<t:{int(resets_at.timestamp())}:R>"
     if used >= limit:
@@ -100,28 +105,51 @@ def too_many_jobs(active: int) -> UserFacingError:
 
 class GenerationService:
     def __init__(self, settings: Settings, engine: JobEngine,
-                 session: aiohttp.ClientSession, servers: Servers) -> None:
+                 session: aiohttp.ClientSession, servers: Servers,
+                 models: ModelList | None = None) -> None:
         self.settings = settings
         self.engine = engine
         self.servers = servers
+        self.models = models  # ModelsLab's model lists, when they could be read
         self._session = session
 
     def resolve_endpoint(self, operation: Operation, name: str | None,
-                         default: str = DEFAULT_IMG2IMG_ENDPOINT) -> Endpoint:
-        if operation is Operation.INPAINT:
-            endpoint = INPAINT
-        else:
-            endpoint = ENDPOINTS.get(name or default)
-            if endpoint is None or endpoint.operation is not Operation.IMG2IMG:
-                choices = ", ".join(e.name for e in ENDPOINTS.values()
-                                    if e.operation is Operation.IMG2IMG)
-                raise UserFacingError(f"{name} is not an endpoint; choose one of {choices}.")
+                         default: str | None = None) -> Endpoint:
+        """The endpoint a command's `endpoint` choice picks (its catalogue name may differ:
+        `/inpaint endpoint:enterprise` is enterprise inpainting)."""
+        if default is None:
+            default = (DEFAULT_INPAINT_ENDPOINT if operation is Operation.INPAINT
+                       else DEFAULT_IMG2IMG_ENDPOINT)
+        endpoint = by_choice(operation, name or default)
+        if endpoint is None:
+            choices = ", ".join(choices_for(operation))
+            raise UserFacingError(f"{name} is not an endpoint; choose one of {choices}.")
         if endpoint.key is KeyKind.ENTERPRISE and not self.settings.enterprise_enabled:
             raise UserFacingError(
                 f"The {endpoint.title} endpoint needs an enterprise ModelsLab key, and this "
                 f"server's Remixer has none. Use the v6 endpoint, or ask an admin to set "
                 f"MODELSLAB_ENTERPRISE_API_KEY.")
         return endpoint
+
+    def check_model(self, endpoint: Endpoint, options: GenerationOptions,
+                    server: ServerSettings) -> None:
+        """A model a member names must be one this server allows and one ModelsLab lists
+        (when its list could be read); refused with the closest names otherwise."""
+        model = (options.model or "").strip()
+        if not endpoint.takes("model") or not model:
+            return
+        if server.allowed_models and model.lower() not in {m.lower()
+                                                           for m in server.allowed_models}:
+            raise UserFacingError(
+                f"{model} is not one of the models this server allows: "
+                f"{', '.join(server.allowed_models)}.")
+        models = self.models
+        if models is None or not models.available or models.knows(model):
+            return
+        closest = models.closest(model)
+        hint = f" The closest names: {', '.join(closest)}." if closest else ""
+        raise UserFacingError(f"{model} is not a model on ModelsLab's model list, so nothing "
+                              f"was sent.{hint}")
 
     def check_options(self, endpoint: Endpoint, options: GenerationOptions,
                       default_model: str) -> int:
@@ -139,13 +167,14 @@ class GenerationService:
             raise UserFacingError("Remixer is restarting; try again in a minute.")
         r = request.requester
         if r.guild_id is None:  # no server: no quota, member limit or channel list applies
-            raise UserFacingError("Remixer works only in a server that has added it; use it "
-                                  "in your server.")
+            raise UserFacingError(NO_SERVER)
         server = await self.servers.get(r.guild_id)
         self.servers.check_channel(server, r.channel_id)
-        endpoint = self.resolve_endpoint(request.operation, request.endpoint,
-                                         server.default_endpoint)
+        endpoint = self.resolve_endpoint(
+            request.operation, request.endpoint,
+            server.default_endpoint if request.operation is Operation.IMG2IMG else None)
         images = self.check_options(endpoint, request.options, server.default_model)
+        self.check_model(endpoint, request.options, server)
         # A quick look at the quota before any download; the binding check is made when the
         # job is written, in the same transaction.
         quota = await self.servers.quota_rule(server, r.user_id)
@@ -165,15 +194,16 @@ class GenerationService:
         if mask is None and request.mask_data is not None:
             mask = await self._checked(request.mask_data, "mask", "mask.png")
 
-        # Pillow work is CPU-bound (a large photo takes a good fraction of a second).
+        # Pillow work is CPU-bound (a large photo takes a good fraction of a second) and
+        # memory-hungry: it runs on the image threads, within the process-wide decode budget.
         to_host: list[HostedFile] = []
-        prepared = await asyncio.to_thread(prepare_init_image, image)
+        prepared = await prepare_init_image_async(image)
         width, height = prepared.size if prepared else image.size
         if prepared is not None:
             to_host.append(HostedFile(f"input{prepared.filename_suffix}", prepared.data,
                                       prepared.content_type))
         if mask is not None:
-            mask_png = await asyncio.to_thread(prepare_mask, mask, (width, height))
+            mask_png = await prepare_mask_async(mask, (width, height))
             to_host.append(HostedFile("mask.png", mask_png, "image/png"))
         urls = await host(to_host) if to_host else []
         image_url = urls.pop(0) if prepared is not None else request.image.url
@@ -184,18 +214,53 @@ class GenerationService:
             image=SourceImage(image_url, width, height),
             mask=SourceImage(mask_url, width, height) if mask_url else None,
             default_model=server.default_model,
-            # Outside channels marked NSFW the safety checker is always on.
-            safety_checker=not request.nsfw_channel,
+            # Outside channels marked NSFW the safety checker is always on; inside, it stays
+            # on unless the server's policy lets flagged images through as they are.
+            safety_checker=not request.nsfw_channel or server.nsfw_policy == "spoiler",
+            safety_checker_type=server.safety_checker_type,
         )
         options = {**request.options.given(), **request.extra,
                    "endpoint": endpoint.name, "image_url": image_url,
                    "image_size": [width, height], "nsfw_channel": request.nsfw_channel,
-                   "nsfw_policy": server.nsfw_policy}
+                   "nsfw_policy": server.nsfw_policy,
+                   "upscale_enabled": server.upscale_enabled}
         if mask_url:
             options["mask_url"] = mask_url
         new = NewJob(endpoint=endpoint.name, payload=payload, requester=request.requester,
                      images=int(payload.get("samples", 1)), options=options,
                      parent_track_id=request.parent_track_id)
+        return await self._enqueue(new, quota)
+
+    async def start_upscale(self, source: Job, index: int, image_url: str,
+                            requester: Requester, *, reply_to: int | None,
+                            nsfw_channel: bool) -> Job:
+        """Super resolution of one image of a result: a job like any other, one image of
+        quota, posted as a reply to ``reply_to`` naming its source."""
+        if not self.engine.accepting:
+            raise UserFacingError("Remixer is restarting; try again in a minute.")
+        if requester.guild_id is None:  # no server: no quota, member limit or channel list
+            raise UserFacingError(NO_SERVER)
+        server = await self.servers.get(requester.guild_id)
+        if not server.upscale_enabled:
+            raise UserFacingError("Upscaling is turned off on this server.")
+        self.servers.check_channel(server, requester.channel_id)
+        quota = await self.servers.quota_rule(server, requester.user_id)
+        usage = await self.servers.usage(server, requester.user_id, rule=quota)
+        if quota.daily_limit is not None and usage.used + 1 > quota.daily_limit:
+            self.engine.metrics.quota_refused("daily_limit")
+            raise quota_refusal(usage.used, quota.daily_limit, 1, usage.resets_at)
+        payload = build_payload(UPSCALE, GenerationOptions(),
+                                image=SourceImage(image_url, 0, 0),
+                                default_model=server.default_model)
+        options = {"endpoint": UPSCALE.name, "image_url": image_url,
+                   "upscale_of": source.track_id, "image_index": index,
+                   "reply_to": reply_to, "nsfw_channel": nsfw_channel,
+                   "nsfw_policy": server.nsfw_policy, "source_nsfw": source.nsfw}
+        new = NewJob(endpoint=UPSCALE.name, payload=payload, requester=requester, images=1,
+                     options=options, parent_track_id=source.track_id)
+        return await self._enqueue(new, quota)
+
+    async def _enqueue(self, new: NewJob, quota: QuotaRule) -> Job:
         try:
             return await self.engine.enqueue(new, quota=quota)
         except QuotaExceeded as exc:
@@ -209,20 +274,28 @@ class GenerationService:
         if upload.size is not None:
             check_declared_size(upload.size, label)
         try:
-            async with self._session.get(upload.url, timeout=DOWNLOAD_TIMEOUT) as resp:
+            # The session connects only to public addresses, each redirect hop re-checked.
+            async with self._session.get(upload.url, timeout=DOWNLOAD_TIMEOUT,
+                                         max_redirects=MAX_REDIRECTS) as resp:
                 if resp.status != 200:
                     raise UserFacingError(f"The {label} could not be downloaded from Discord "
                                           f"(HTTP {resp.status}); try attaching it again.")
                 data = await read_capped(resp.content, MAX_UPLOAD_BYTES)
-        except (aiohttp.ClientError, TimeoutError):
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            if (blocked := blocked_reason(exc)) is not None:
+                log.warning("the %s was not downloaded: %s", label, blocked)
+                raise UserFacingError(f"The {label}'s link points to an address that is not on "
+                                      f"the public internet, so Remixer did not download it; "
+                                      f"attach the file itself.") from None
             raise UserFacingError(f"The {label} could not be downloaded from Discord; "
                                   f"try again in a moment.") from None
         return await self._checked(data, label, upload.filename)
 
     async def _checked(self, data: bytes, label: str, filename: str) -> CheckedImage:
         try:
-            return await asyncio.to_thread(check_image, data, label=label,
-                                           declared_size=len(data))
+            # The init image is checked and prepared in one decode.
+            return await check_image_async(data, label=label, declared_size=len(data),
+                                           prepare=label == "image")
         except ImageRejected:
             raise
         except Exception:

@@ -4,7 +4,7 @@ Every refusal is an :class:`ImageRejected` whose ``str()`` is one sentence a mem
 on, naming the attachment ("The mask is not an image Remixer can read: ...").
 
 The work here is CPU-bound (a full decode of up to :data:`MAX_PIXELS` pixels): call these
-functions from a worker thread (``asyncio.to_thread``), never on the event loop.
+functions through their ``*_async`` forms (see below), never on the event loop.
 
 Decompression bombs: the file's declared size is checked against :data:`MAX_SIDE` and
 :data:`MAX_PIXELS` right after Pillow has read the header and before any pixel is decoded.
@@ -14,17 +14,32 @@ bomb is turned into the same refusal.
 
 Only PNG, JPEG and WebP are ever handed to Pillow's decoders (``formats=``); other files are
 recognised by their first bytes only so the refusal can say what they are.
+
+Memory and CPU: a small file can declare a huge picture (a 170 KB flat PNG is 40 megapixels,
+160 MB decoded). The ``*_async`` functions are the ones the bot calls: they run the work on a
+small pool of its own (not the event loop's default executor, which aiohttp's resolver uses
+for DNS lookups) and under a process-wide budget of :data:`DECODE_BUDGET_PIXELS` being decoded
+at once; beyond it work waits its turn. The init image is checked and prepared in one decode,
+reduced while decoding where the format allows (JPEG) and reduced right after otherwise, with
+no full-size copies.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextlib
+import ctypes
+import ctypes.util
 import io
 import logging
 import math
 import struct
+import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from PIL import Image, ImageCms, UnidentifiedImageError
 
@@ -58,6 +73,15 @@ _TRANSPOSE = {
 _MASK_ASPECT_TOLERANCE = 0.02
 _THRESHOLD = 128
 _JPEG_QUALITY = 95
+INIT_IMAGE_MAX_SIDE = 2048  # the init image is scaled down to this before it is sent
+# Pixels being decoded at once, process-wide: one image of the largest accepted size
+# (MAX_PIXELS) at a time, or several smaller ones. A decode costs 1 to 4 bytes a pixel.
+DECODE_BUDGET_PIXELS = 48_000_000
+IMAGE_THREADS = 2  # Pillow work runs on this many threads of its own
+# Modes Image.reduce averages correctly (a palette index can't be averaged).
+_REDUCIBLE_MODES = frozenset({"L", "LA", "RGB", "RGBA"})
+_STRIP_ROWS = 512  # a big image is reduced this many source rows at a time
+_TRIM_AFTER_PIXELS = 4_000_000  # after work this big, freed memory is handed back at once
 
 
 class ImageRejected(UserFacingError):
@@ -84,6 +108,10 @@ class CheckedImage:
     has_alpha: bool
     content_type: str  # image/png, image/jpeg, image/webp
     orientation: int = 1
+    # What prepare_init_image(max_side=prepared_for) returns, made in the same decode as the
+    # check (check_image(prepare=True)); prepared_for is None when not made.
+    prepared: PreparedImage | None = None
+    prepared_for: int | None = None
 
     @property
     def size(self) -> tuple[int, int]:
@@ -126,9 +154,42 @@ def check_declared_size(size: int, label: str) -> None:
         raise ImageRejected(_too_many_bytes(label, size), label=label)
 
 
-def check_image(data: bytes, *, label: str = "image",
-                declared_size: int | None = None) -> CheckedImage:
-    """Decode ``data`` completely and check it against every limit, or raise ImageRejected."""
+def check_image(data: bytes, *, label: str = "image", declared_size: int | None = None,
+                prepare: bool = False,
+                max_side: int = INIT_IMAGE_MAX_SIDE) -> CheckedImage:
+    """Decode ``data`` completely and check it against every limit, or raise ImageRejected.
+
+    With ``prepare``, the same decode also makes what :func:`prepare_init_image` would return
+    for ``max_side`` (kept in ``prepared``): the image is decoded once instead of twice, and a
+    JPEG is decoded at reduced scale."""
+    _check_bytes(data, label, declared_size)
+
+    def examine(image: Image.Image) -> CheckedImage:
+        fmt = _examinable_format(image, label)
+        # Read before any draft() changes them: the stored size and mode.
+        width, height, mode = image.width, image.height, image.mode
+        if fmt != "JPEG" or not prepare:
+            image.load()  # only a JPEG can be decoded at reduced scale (draft)
+        orientation = _orientation(image)  # a JPEG's EXIF is in its header
+        checked = CheckedImage(
+            data=data, format=fmt, width=width, height=height, mode=mode,
+            has_alpha=_has_alpha(image), content_type=CONTENT_TYPES[fmt],
+            orientation=orientation)
+        if not prepare:
+            image.load()
+            return checked
+        if _sendable_as_is(checked, max_side):
+            image.load()
+            prepared = None
+        else:
+            prepared = _prepare_opened(image, checked, max_side)
+        return _with_prepared(checked, prepared, max_side)
+
+    return _decode(data, label, examine)
+
+
+def _check_bytes(data: bytes, label: str, declared_size: int | None) -> None:
+    """The checks made on the bytes alone, before Pillow sees them."""
     if declared_size is not None:
         check_declared_size(declared_size, label)
     if not data:
@@ -139,30 +200,41 @@ def check_image(data: bytes, *, label: str = "image",
     if sniffed not in _PILLOW_FORMATS:
         raise ImageRejected(_unreadable(label, _describe_foreign(sniffed)), label=label)
 
-    def examine(image: Image.Image) -> CheckedImage:
-        fmt = "JPEG" if image.format == "MPO" else image.format
-        if fmt not in _PILLOW_FORMATS:  # formats= makes this unreachable; kept as a guard
-            raise ImageRejected(_unreadable(label, "it is not a PNG, JPEG or WebP file"),
-                                label=label)
-        # A camera's MPO (a JPEG with extra views appended) is a still photo: frame 0 is used.
-        if image.format != "MPO" and (getattr(image, "is_animated", False)
-                                      or getattr(image, "n_frames", 1) > 1):
-            raise ImageRejected(
-                f"The {label} is animated: animated images can't be used; "
-                f"send a still {ACCEPTED}.", label=label)
-        image.load()
-        orientation = _orientation(image)
-        return CheckedImage(
-            data=data, format=fmt, width=image.width, height=image.height, mode=image.mode,
-            has_alpha=_has_alpha(image), content_type=CONTENT_TYPES[fmt],
-            orientation=orientation)
 
-    return _decode(data, label, examine)
+def _examinable_format(image: Image.Image, label: str) -> str:
+    fmt = "JPEG" if image.format == "MPO" else image.format
+    if fmt not in _PILLOW_FORMATS:  # formats= makes this unreachable; kept as a guard
+        raise ImageRejected(_unreadable(label, "it is not a PNG, JPEG or WebP file"),
+                            label=label)
+    # A camera's MPO (a JPEG with extra views appended) is a still photo: frame 0 is used.
+    if image.format != "MPO" and (getattr(image, "is_animated", False)
+                                  or getattr(image, "n_frames", 1) > 1):
+        raise ImageRejected(
+            f"The {label} is animated: animated images can't be used; "
+            f"send a still {ACCEPTED}.", label=label)
+    return fmt
+
+
+def _with_prepared(checked: CheckedImage, prepared: PreparedImage | None,
+                   max_side: int) -> CheckedImage:
+    return CheckedImage(
+        data=checked.data, format=checked.format, width=checked.width, height=checked.height,
+        mode=checked.mode, has_alpha=checked.has_alpha, content_type=checked.content_type,
+        orientation=checked.orientation, prepared=prepared, prepared_for=max_side)
+
+
+def declared_pixels(data: bytes, *, label: str = "image",
+                    declared_size: int | None = None) -> int:
+    """The pixel count the file's header declares, after the same refusals as
+    :func:`check_image` makes before decoding (cheap: no pixel is decoded)."""
+    _check_bytes(data, label, declared_size)
+    return _decode(data, label, lambda image: image.width * image.height)
 
 
 # --- preparing the init image -----------------------------------------------------------------
 
-def prepare_init_image(image: CheckedImage, *, max_side: int = 2048) -> PreparedImage | None:
+def prepare_init_image(image: CheckedImage, *,
+                       max_side: int = INIT_IMAGE_MAX_SIDE) -> PreparedImage | None:
     """New bytes for ModelsLab, or None when ``image.data`` can be sent as it is.
 
     None when the original is PNG or JPEG, in mode RGB, RGBA or L, no side over ``max_side``
@@ -172,41 +244,49 @@ def prepare_init_image(image: CheckedImage, *, max_side: int = 2048) -> Prepared
     opaque alpha channel is dropped), with CMYK turned into sRGB through its ICC profile when
     it has one, 16-bit grey scaled to 8 bits and palettes expanded; the EXIF orientation is
     applied (as ``ImageOps.exif_transpose`` does) and the image is scaled down with Lanczos
-    to fit ``max_side`` keeping its proportions. It is encoded as JPEG (quality 95) when it
+    to fit ``max_side`` keeping its proportions (a large image is first reduced by a whole
+    factor, by averaging). It is encoded as JPEG (quality 95) when it
     has no alpha and the original was already lossy (JPEG or lossy WebP): a photo as PNG
     would be several times larger for no gain. Everything else becomes PNG. Metadata is not
     carried over, except an RGB colour profile.
     """
     if max_side < 1:
         raise ValueError("max_side must be positive")
-    if (image.format in ("PNG", "JPEG") and image.mode in _SENDABLE_MODES
-            and max(image.width, image.height) <= max_side and image.orientation == 1):
+    if image.prepared_for == max_side:
+        return image.prepared
+    if _sendable_as_is(image, max_side):
         return None
+    return _decode(image.data, "image",
+                   lambda opened: _prepare_opened(opened, image, max_side))
+
+
+def _sendable_as_is(image: CheckedImage, max_side: int) -> bool:
+    return (image.format in ("PNG", "JPEG") and image.mode in _SENDABLE_MODES
+            and max(image.width, image.height) <= max_side and image.orientation == 1)
+
+
+def _prepare_opened(opened: Image.Image, image: CheckedImage, max_side: int) -> PreparedImage:
     target = _fit(image.width, image.height, max_side)
-
-    def convert(opened: Image.Image) -> PreparedImage:
-        if opened.format in ("JPEG", "MPO") and target != opened.size:
-            # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when that still covers the target.
-            opened.draft(None, target)
-        opened.load()
-        icc = opened.info.get("icc_profile")
-        picture = _to_rgb_or_rgba(opened)
-        if picture.size != target:
-            picture = picture.resize(target, Image.Resampling.LANCZOS)
-        method = _TRANSPOSE.get(image.orientation)
-        if method is not None:
-            picture = picture.transpose(method)
-        lossy = image.format == "JPEG" or (image.format == "WEBP" and _webp_is_lossy(image.data))
-        options: dict[str, object] = {}
-        if isinstance(icc, bytes) and icc[16:20] == b"RGB ":  # not a grey or CMYK profile
-            options["icc_profile"] = icc
-        if picture.mode == "RGB" and lossy:
-            data = _encode(picture, "JPEG", quality=_JPEG_QUALITY, **options)
-            return PreparedImage(data, "image/jpeg", picture.width, picture.height, ".jpg")
-        data = _encode(picture, "PNG", **options)
-        return PreparedImage(data, "image/png", picture.width, picture.height, ".png")
-
-    return _decode(image.data, "image", convert)
+    if opened.format in ("JPEG", "MPO") and target != opened.size:
+        # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when that still covers the target.
+        opened.draft(None, target)
+    opened.load()
+    icc = opened.info.get("icc_profile")
+    picture = _to_rgb_or_rgba(opened, target)
+    if picture.size != target:
+        picture = picture.resize(target, Image.Resampling.LANCZOS)
+    method = _TRANSPOSE.get(image.orientation)
+    if method is not None:
+        picture = picture.transpose(method)
+    lossy = image.format == "JPEG" or (image.format == "WEBP" and _webp_is_lossy(image.data))
+    options: dict[str, object] = {}
+    if isinstance(icc, bytes) and icc[16:20] == b"RGB ":  # not a grey or CMYK profile
+        options["icc_profile"] = icc
+    if picture.mode == "RGB" and lossy:
+        data = _encode(picture, "JPEG", quality=_JPEG_QUALITY, **options)
+        return PreparedImage(data, "image/jpeg", picture.width, picture.height, ".jpg")
+    data = _encode(picture, "PNG", **options)
+    return PreparedImage(data, "image/png", picture.width, picture.height, ".png")
 
 
 # --- preparing the mask -------------------------------------------------------------------
@@ -237,7 +317,9 @@ def prepare_mask(mask: CheckedImage, image_size: tuple[int, int], *,
 
     def convert(opened: Image.Image) -> bytes:
         opened.load()
-        paint = _paint_map(opened)
+        # The size to reach, as the mask is stored (before its EXIF rotation).
+        stored = (height, width) if mask.orientation in (5, 6, 7, 8) else (width, height)
+        paint = _paint_map(opened, stored)
         method = _TRANSPOSE.get(mask.orientation)
         if method is not None:
             paint = paint.transpose(method)
@@ -251,6 +333,143 @@ def prepare_mask(mask: CheckedImage, image_size: tuple[int, int], *,
         return _encode(binary, "PNG")
 
     return _decode(mask.data, label, convert)
+
+
+# --- running the work: its own threads, a process-wide pixel budget ------------------------
+
+class PixelBudget:
+    """A first-come first-served semaphore weighted by pixels: work asking for more than is
+    free waits (and so does everything behind it); work bigger than the whole budget waits
+    for all of it."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self._free = total
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    @property
+    def free(self) -> int:
+        return self._free
+
+    async def acquire(self, pixels: int) -> int:
+        """Wait for ``pixels`` (capped at the whole budget); returns what to release."""
+        weight = min(max(1, pixels), self.total)
+        if not self._waiters and self._free >= weight:
+            self._free -= weight
+            return weight
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append((weight, waiter))
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release(weight)  # granted just as the caller was cancelled
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove((weight, waiter))
+                self._wake()
+            raise
+        return weight
+
+    def release(self, weight: int) -> None:
+        self._free += weight
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self._waiters[0][0] <= self._free:
+            weight, waiter = self._waiters.popleft()
+            if waiter.done():
+                continue
+            self._free -= weight
+            waiter.set_result(None)
+
+
+DECODE_BUDGET = PixelBudget(DECODE_BUDGET_PIXELS)
+_pool: concurrent.futures.ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+_libc: Any = None
+
+
+def _image_pool() -> concurrent.futures.ThreadPoolExecutor:
+    global _pool, _libc
+    with _pool_lock:
+        if _pool is None:
+            _libc = _load_libc()
+            _pool = concurrent.futures.ThreadPoolExecutor(
+                max_workers=IMAGE_THREADS, thread_name_prefix="remixer-images")
+        return _pool
+
+
+def _load_libc() -> Any:
+    """glibc, told to give big blocks (Pillow's image memory) back to the system when freed
+    instead of keeping them in its arenas; None elsewhere."""
+    name = ctypes.util.find_library("c")
+    if not name:
+        return None
+    try:
+        libc = ctypes.CDLL(name)
+        libc.mallopt(-3, 1024 * 1024)  # M_MMAP_THRESHOLD: 1 MB, fixed
+        libc.malloc_trim  # noqa: B018  # present in glibc only
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+def _then_trim(work: Callable[[], _T], trim: bool) -> _T:
+    try:
+        return work()
+    finally:
+        if trim and _libc is not None:
+            _libc.malloc_trim(0)  # hand the decode's freed memory back at once
+
+
+async def run_image_work(pixels: int, work: Callable[[], _T]) -> _T:
+    """Run ``work`` on the image threads once ``pixels`` of the decode budget are free.
+
+    The budget is held until the work has really ended, even if the caller is cancelled."""
+    weight = await DECODE_BUDGET.acquire(pixels) if pixels > 0 else 0
+    loop = asyncio.get_running_loop()
+
+    def give_back(_: concurrent.futures.Future[_T]) -> None:
+        if weight:
+            with contextlib.suppress(RuntimeError):  # the loop is gone: so is the process
+                loop.call_soon_threadsafe(DECODE_BUDGET.release, weight)
+
+    try:
+        future = _image_pool().submit(_then_trim, work, weight >= _TRIM_AFTER_PIXELS)
+    except BaseException:
+        if weight:
+            DECODE_BUDGET.release(weight)
+        raise
+    future.add_done_callback(give_back)
+    return await asyncio.wrap_future(future)
+
+
+async def check_image_async(data: bytes, *, label: str = "image",
+                            declared_size: int | None = None,
+                            prepare: bool = False) -> CheckedImage:
+    """:func:`check_image` on the image threads, within the decode budget."""
+    pixels = await run_image_work(0, lambda: declared_pixels(data, label=label,
+                                                             declared_size=declared_size))
+    return await run_image_work(pixels, lambda: check_image(
+        data, label=label, declared_size=declared_size, prepare=prepare))
+
+
+async def prepare_init_image_async(image: CheckedImage, *,
+                                   max_side: int = INIT_IMAGE_MAX_SIDE) -> PreparedImage | None:
+    """:func:`prepare_init_image` on the image threads, within the decode budget (at once
+    when the check already made it)."""
+    if image.prepared_for == max_side or _sendable_as_is(image, max_side):
+        return prepare_init_image(image, max_side=max_side)
+    return await run_image_work(image.width * image.height,
+                                lambda: prepare_init_image(image, max_side=max_side))
+
+
+async def prepare_mask_async(mask: CheckedImage, image_size: tuple[int, int], *,
+                             label: str = "mask") -> bytes:
+    """:func:`prepare_mask` on the image threads, within the decode budget."""
+    pixels = mask.width * mask.height + image_size[0] * image_size[1]
+    return await run_image_work(pixels, lambda: prepare_mask(mask, image_size, label=label))
 
 
 # --- internals ------------------------------------------------------------------------------
@@ -328,30 +547,93 @@ def _cmyk_to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def _to_rgb_or_rgba(image: Image.Image) -> Image.Image:
-    """RGB, or RGBA when some pixel is not fully opaque."""
+def _to_rgb_or_rgba(image: Image.Image,
+                    target: tuple[int, int] | None = None) -> Image.Image:
+    """RGB, or RGBA when some pixel is not fully opaque; with ``target``, first reduced by
+    the largest whole factor that still covers it, with no full-size copy made."""
+    if image.mode in _REDUCIBLE_MODES and "transparency" not in image.info:
+        # The alpha is judged on the full image (counted, not copied), then reduced.
+        opaque = image.mode not in _ALPHA_MODES or _alpha_is_opaque(image)
+        small = _reduced(image, target) if target else image
+        if small.mode in _ALPHA_MODES:
+            return small.convert("RGB" if opaque else "RGBA")
+        return small if small.mode == "RGB" else small.convert("RGB")
     if image.mode == "CMYK":
-        return _cmyk_to_rgb(image)
-    if image.mode in _WIDE_GRAY_MODES:
-        return _gray8(image).convert("RGB")
-    if not _has_alpha(image):
-        return image.convert("RGB")
-    rgba = image.convert("RGBA")
-    if rgba.getchannel("A").getextrema()[0] == 255:
-        return rgba.convert("RGB")
-    return rgba
+        picture = _cmyk_to_rgb(image)
+    elif image.mode in _WIDE_GRAY_MODES:
+        picture = _gray8(image).convert("RGB")
+    elif not _has_alpha(image):
+        picture = image.convert("RGB")
+    else:
+        rgba = image.convert("RGBA")
+        picture = rgba.convert("RGB") if _alpha_is_opaque(rgba) else rgba
+    return _reduced(picture, target) if target else picture
 
 
-def _paint_map(image: Image.Image) -> Image.Image:
-    """An L image where 255 means "repaint": inverted alpha if the alpha varies, else light."""
-    alpha = _alpha_channel(image)
-    if alpha is not None:
-        low, high = alpha.getextrema()
-        if low != high:
+def _alpha_is_opaque(image: Image.Image) -> bool:
+    """Whether every pixel of an LA or RGBA image is fully opaque, from the histogram (no
+    copy of the alpha channel is made)."""
+    band = image.getbands().index("A")
+    counts = image.histogram()[256 * band:256 * band + 256]
+    return not any(counts[:255])
+
+
+def _reduced(image: Image.Image, target: tuple[int, int]) -> Image.Image:
+    """``image`` reduced (by box averaging) by the largest whole factor that still leaves it
+    at least ``target``; a strip at a time, so no full-size copy is made."""
+    factor = min(image.width // target[0], image.height // target[1])
+    if factor < 2 or image.mode not in _REDUCIBLE_MODES:
+        return image
+    width, height = image.size
+    out = Image.new(image.mode, (-(-width // factor), -(-height // factor)))
+    rows = max(1, _STRIP_ROWS // factor) * factor
+    for top in range(0, height, rows):
+        strip = image.crop((0, top, width, min(height, top + rows)))
+        out.paste(strip.reduce(factor), (0, top // factor))
+        del strip
+    return out
+
+
+def _paint_map(image: Image.Image, target: tuple[int, int] | None = None) -> Image.Image:
+    """An L image where 255 means "repaint": inverted alpha if the alpha varies, else light.
+
+    With ``target``, a large image is mapped a strip at a time and each strip reduced (by
+    averaging) as far as still covers ``target``: no full-size copy is made."""
+    alpha_varies = _alpha_varies(image)
+
+    def paint(part: Image.Image) -> Image.Image:
+        if alpha_varies:
+            alpha = _alpha_channel(part)
+            assert alpha is not None
             return alpha.point(lambda value: 255 - value)
-    if image.mode in _ALPHA_MODES or (image.mode == "P" and "transparency" in image.info):
-        image = image.convert("RGBA").convert("RGB")
-    return _gray8(image)
+        if part.mode in _ALPHA_MODES or (part.mode == "P" and "transparency" in part.info):
+            part = part.convert("RGBA").convert("RGB")
+        return _gray8(part)
+
+    factor = min(image.width // target[0], image.height // target[1]) if target else 1
+    if factor < 2:
+        return paint(image)
+    width, height = image.size
+    out = Image.new("L", (-(-width // factor), -(-height // factor)))
+    rows = max(1, _STRIP_ROWS // factor) * factor
+    for top in range(0, height, rows):
+        out.paste(paint(image.crop((0, top, width, min(height, top + rows)))).reduce(factor),
+                  (0, top // factor))
+    return out
+
+
+def _alpha_varies(image: Image.Image) -> bool:
+    """Whether the image has an alpha channel that is not one value throughout (counted
+    from the histogram for LA and RGBA, without copying the channel)."""
+    if image.mode in ("LA", "RGBA"):
+        band = image.getbands().index("A")
+        counts = image.histogram()[256 * band:256 * band + 256]
+        return sum(1 for count in counts if count) > 1
+    alpha = _alpha_channel(image)
+    if alpha is None:
+        return False
+    low, high = alpha.getextrema()
+    return low != high
 
 
 def _alpha_channel(image: Image.Image) -> Image.Image | None:

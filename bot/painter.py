@@ -15,7 +15,6 @@ link (``HostFor``).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import re
@@ -36,10 +35,25 @@ from bot.generation import (
     HostFiles,
     Upload,
 )
-from bot.images import MAX_UPLOAD_BYTES, ImageRejected, check_image, prepare_mask
+from bot.images import (
+    MAX_UPLOAD_BYTES,
+    ImageRejected,
+    check_image,
+    check_image_async,
+    declared_pixels,
+    prepare_mask,
+    run_image_work,
+)
 from bot.jobs.models import Job, Requester
 from bot.jobs.store import JobStore, hash_secret
-from bot.modelslab.catalogue import Operation
+from bot.modelslab.catalogue import (
+    ENDPOINTS,
+    INPAINT,
+    Endpoint,
+    KeyKind,
+    Operation,
+    by_choice,
+)
 from bot.modelslab.payload import GenerationOptions
 from bot.net import read_capped
 
@@ -156,6 +170,22 @@ def mask_coverage(data: bytes) -> tuple[bool, bool]:
     return high == 255, low == 255
 
 
+def inpaint_endpoint_for(choice: str | None, source_endpoint: str | None) -> Endpoint:
+    """The inpainting endpoint a painter link runs on."""
+    if choice and (chosen := by_choice(Operation.INPAINT, choice)) is not None:
+        return chosen
+    source = ENDPOINTS.get(source_endpoint or "")
+    if source is not None:
+        same = by_choice(Operation.INPAINT, source.choice_name)
+        if same is not None:
+            return same
+        if source.key is KeyKind.ENTERPRISE:
+            enterprise = by_choice(Operation.INPAINT, "enterprise")
+            if enterprise is not None:
+                return enterprise
+    return INPAINT
+
+
 class Painter:
     def __init__(self, store: JobStore, generation: GenerationService,
                  session: aiohttp.ClientSession, host_for: HostFor,
@@ -183,6 +213,13 @@ class Painter:
             kept["prompt"] = source.prompt
         kept.update({k: v for k, v in (options or {}).items()
                      if v is not None and k in GenerationOptions.model_fields})
+        # The inpainting endpoint: the command's choice, else the source's family (an
+        # enterprise result is edited on enterprise inpainting); only what it takes is kept.
+        target = inpaint_endpoint_for((options or {}).get("endpoint"),
+                                      source.endpoint if source is not None else None)
+        kept = {k: v for k, v in kept.items()
+                if k == "prompt" or k in FORM_FIELDS or target.takes(k)}
+        kept["endpoint"] = target.choice_name
         expires = requester.token_expires_at or now + LINK_LIFETIME
         await self.store.write("DELETE FROM paint_links WHERE expires_at < ?",
                                (now - KEEP_EXPIRED,))
@@ -255,7 +292,7 @@ class Painter:
         except (aiohttp.ClientError, TimeoutError):
             raise UserFacingError("The image could not be downloaded from Discord; try "
                                   "again in a moment.") from None
-        checked = await asyncio.to_thread(check_image, data, label="mask" if mask else "image")
+        checked = await check_image_async(data, label="mask" if mask else "image")
         return data, checked.content_type
 
     # --- submitting ---------------------------------------------------------------------
@@ -308,7 +345,8 @@ class Painter:
     async def _submit_checked(self, link: PaintLink, form: Mapping[str, str],
                               mask: bytes) -> Submitted:
         options = self.options_from(link, form)
-        painted, everything = await asyncio.to_thread(mask_coverage, mask)
+        pixels = await run_image_work(0, lambda: declared_pixels(mask, label="mask"))
+        painted, everything = await run_image_work(pixels, lambda: mask_coverage(mask))
         if not painted:
             raise FormRefused(EMPTY_MASK)
         if everything:
@@ -325,6 +363,7 @@ class Painter:
             application_id=link.application_id)
         request = GenerationRequest(
             operation=Operation.INPAINT, options=options,
+            endpoint=link.options.get("endpoint"),
             image=Upload(url=link.image_url, filename=link.image_name), mask_data=mask,
             requester=requester, nsfw_channel=link.nsfw_channel,
             parent_track_id=link.source_track_id,

@@ -17,6 +17,8 @@ from bot.jobs.leases import Leases
 from bot.jobs.store import JobStore
 from bot.metrics import Metrics
 from bot.modelslab.client import ModelsLabClient
+from bot.modelslab.models import ModelList
+from bot.net import outbound_session
 from bot.settings import Settings
 from bot.web import WebServer, create_app, create_metrics_app
 
@@ -36,10 +38,14 @@ class Services:
         self.engine: JobEngine | None = None
         self.web: WebServer | None = None
         self.metrics_web: WebServer | None = None
+        self.models: ModelList | None = None
 
     async def start(self) -> None:
         s = self.settings
-        self.session = aiohttp.ClientSession(
+        # Every outbound request goes through this session: public addresses only (loopback
+        # too when ALLOW_LOOPBACK_OUTBOUND, for test suites), redirects re-checked per hop.
+        self.session = outbound_session(
+            allow_loopback=s.allow_loopback_outbound,
             timeout=aiohttp.ClientTimeout(total=120, sock_connect=10),
             headers={"User-Agent": "Remixer (self-hosted Discord bot)"},
         )
@@ -48,7 +54,8 @@ class Services:
             self.session, base_url=s.modelslab_base_url, api_key=s.modelslab_api_key,
             enterprise_key=s.modelslab_enterprise_api_key, metrics=self.metrics)
         self.engine = JobEngine(
-            self.store, self.client, self.delivery, OutputDownloader(self.session),
+            self.store, self.client, self.delivery,
+            OutputDownloader(self.session, output_hosts=s.output_hosts),
             policy=EnginePolicy(max_concurrency=s.modelslab_max_concurrency,
                                 max_pause=s.modelslab_max_pause),
             public_base_url=s.public_base_url, metrics=self.metrics,
@@ -59,10 +66,12 @@ class Services:
                                     "database_backend": self.store.backend}
         self.metrics.process.labels(self.engine.leases.owner, ",".join(map(str, shards)),
                                     self.store.backend).set(1)
+        self.models = ModelList(self.client, refresh=s.model_list_refresh)
         self.web = WebServer(create_app(self.engine), s.web_host, s.web_port)
         await self.web.start()
         await self._start_metrics()
         await self.engine.start()
+        self.models.start()  # read in the background, never on a keystroke
         log.info("jobs: %s", "webhooks at " + s.public_base_url if s.public_base_url
                  else "no PUBLIC_BASE_URL, polling every job")
 
@@ -84,6 +93,8 @@ class Services:
         """Webhooks first (handlers in progress finish), then the engine, then the rest.
         Every job is left in a state the next start resumes."""
         web, engine, store, session = self.web, self.engine, self.store, self.session
+        if self.models is not None:
+            await self.models.stop()
         self.web = self.engine = self.store = self.session = None  # stop once
         metrics_web, self.metrics_web = self.metrics_web, None
         if engine is not None:

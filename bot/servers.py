@@ -29,6 +29,9 @@ class ServerSettings:
     allowed_channels: tuple[int, ...]  # empty: every channel
     cooldown_burst: int = 5  # actions in quick succession; 0: no cooldown
     cooldown_seconds: float = 5.0  # then one action every this many seconds; 0: none
+    safety_checker_type: str | None = None  # None: the endpoint's default
+    upscale_enabled: bool = True
+    allowed_models: tuple[str, ...] = ()  # empty: every model
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,17 +77,21 @@ class Servers:
             else self.settings.cooldown_burst,
             cooldown_seconds=value("cooldown_seconds") if value("cooldown_seconds") is not None
             else self.settings.cooldown_seconds,
+            safety_checker_type=value("safety_checker_type"),
+            upscale_enabled=value("upscale_enabled") != 0,
+            allowed_models=tuple(json.loads(value("allowed_models") or "[]")),
         )
 
     async def update(self, guild_id: int, by: int, **changes: object) -> ServerSettings:
         """Change some settings of a server (others keep their values)."""
         allowed = {"daily_limit", "max_active_jobs", "default_endpoint", "default_model",
-                   "nsfw_policy", "allowed_channels", "cooldown_burst", "cooldown_seconds"}
+                   "nsfw_policy", "allowed_channels", "cooldown_burst", "cooldown_seconds",
+                   "safety_checker_type", "upscale_enabled", "allowed_models"}
         unknown = set(changes) - allowed
         if unknown:
             raise ValueError(f"unknown server settings {sorted(unknown)}")
         columns = list(changes)
-        values = [json.dumps(list(v)) if k == "allowed_channels" else v
+        values = [json.dumps(list(v)) if k in ("allowed_channels", "allowed_models") else v
                   for k, v in changes.items()]
         assignments = ", ".join(f"{c} = excluded.{c}" for c in columns)
         await self.store.write(

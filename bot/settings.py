@@ -10,6 +10,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bot.modelslab.catalogue import MODEL_ID_MAX_LENGTH, MODEL_ID_PATTERN
+from bot.net import DEFAULT_OUTPUT_HOSTS, OutputHosts, is_loopback
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 _SECRET_FIELDS = {"discord_token", "modelslab_api_key", "modelslab_enterprise_api_key"}
@@ -22,6 +23,16 @@ def _http_url(value: str, name: str) -> str:
     if parts.query or parts.fragment:
         raise ValueError("must not carry a query string or fragment")
     return value.strip().rstrip("/")
+
+
+def _https_url(value: str, name: str) -> str:
+    """An http(s) URL that is https unless its host is a loopback one (a local test)."""
+    value = _http_url(value, name)
+    parts = urlsplit(value)
+    if parts.scheme != "https" and not is_loopback(parts.hostname or ""):
+        raise ValueError(f"must be an https:// URL (plain http only on a loopback host), "
+                         f"like https://{name}")
+    return value
 
 
 class Settings(BaseSettings):
@@ -66,7 +77,13 @@ class Settings(BaseSettings):
     cooldown_burst: Annotated[int, Field(ge=0, le=100)] = 5
     cooldown_seconds: Annotated[float, Field(ge=0, le=3600)] = 5.0
     modelslab_max_concurrency: Annotated[int, Field(ge=1, le=100)] = 5
+    # How often ModelsLab's model lists are read again, in seconds (default 6 hours).
+    model_list_refresh: Annotated[float, Field(gt=0)] = 6 * 3600.0
     log_level: LogLevel = "INFO"
+    # The hosts ModelsLab's output links may point to: exact names or *.domain patterns.
+    modelslab_output_hosts: str = ",".join(DEFAULT_OUTPUT_HOSTS)
+    # For test suites only: lets outbound requests reach loopback addresses (the local fakes).
+    allow_loopback_outbound: bool = False
     # For tests against a local Discord; never set in production.
     discord_api_base: str | None = None
     discord_gateway_url: str | None = None
@@ -75,12 +92,12 @@ class Settings(BaseSettings):
     @field_validator("modelslab_base_url")
     @classmethod
     def _check_base_url(cls, value: str) -> str:
-        return _http_url(value, "modelslab.com")
+        return _https_url(value, "modelslab.com")
 
     @field_validator("public_base_url")
     @classmethod
     def _check_public_url(cls, value: str | None) -> str | None:
-        return None if value is None else _http_url(value, "bot.example.org")
+        return None if value is None else _https_url(value, "bot.example.org")
 
     @field_validator("discord_api_base", "discord_cdn_base")
     @classmethod
@@ -135,6 +152,10 @@ class Settings(BaseSettings):
         if self.shard_ids is None:
             return None
         return [int(p) for p in self.shard_ids.split(",")]
+    @field_validator("modelslab_output_hosts")
+    @classmethod
+    def _check_output_hosts(cls, value: str) -> str:
+        return ",".join(OutputHosts.parse(value).patterns)
 
     @field_validator("default_model_id")
     @classmethod
@@ -151,6 +172,10 @@ class Settings(BaseSettings):
     @property
     def enterprise_enabled(self) -> bool:
         return self.modelslab_enterprise_api_key is not None
+
+    @property
+    def output_hosts(self) -> OutputHosts:
+        return OutputHosts.parse(self.modelslab_output_hosts)
 
     @property
     def webhooks_enabled(self) -> bool:

@@ -12,11 +12,19 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.delivery import message_link, short_id
+from bot.delivery import as_text, clip, message_link, short_id
 from bot.errors import UserFacingError
 from bot.jobs.models import Job, JobStatus
-from bot.modelslab.catalogue import IMG2IMG_ENDPOINTS, MODEL_ID_PATTERN, Operation
+from bot.modelslab.catalogue import (
+    ENDPOINTS,
+    IMG2IMG_ENDPOINTS,
+    MODEL_ID_MAX_LENGTH,
+    MODEL_ID_PATTERN,
+    SAFETY_CHECKER_TYPES,
+    Operation,
+)
 from bot.servers import NSFW_POLICIES, Servers, ServerSettings, Usage
+from cogs.generate import model_choices_for
 
 if TYPE_CHECKING:
     from bot.app import RemixerBot
@@ -55,7 +63,13 @@ def describe_usage(who: str, usage: Usage) -> str:
             f"**{usage.remaining}** left. The count resets {reset}.")
 
 
-def describe_server(server: ServerSettings, overrides: list[tuple[int, int | None]]) -> str:
+def where_taken_by_server(option: str) -> tuple:
+    """Endpoints that take a field the server sets (not a member option)."""
+    return tuple(e for e in ENDPOINTS.values() if e.takes(option))
+
+
+def describe_server(server: ServerSettings, overrides: list[tuple[int, int | None]],
+                    models_note: str | None = None) -> str:
     channels = (", ".join(f"<#{c}>" for c in server.allowed_channels)
                 if server.allowed_channels else "every channel")
     lines = [
@@ -71,6 +85,15 @@ def describe_server(server: ServerSettings, overrides: list[tuple[int, int | Non
         f"Remixer works in: {channels}",
         f"Cooldown: {describe_cooldown(server.cooldown_burst, server.cooldown_seconds)}",
     ]
+    filtered = ", ".join(e.title for e in where_taken_by_server("safety_checker_type"))
+    lines.append(f"Safety filter on the {filtered} endpoints: "
+                 f"**{server.safety_checker_type or 'sensitive_content_text'}**"
+                 + ("" if server.safety_checker_type else " (ModelsLab's default)"))
+    lines.append(f"Upscale button: **{'on' if server.upscale_enabled else 'off'}**")
+    lines.append("Models members may use: " + (", ".join(server.allowed_models)
+                                               if server.allowed_models else "any"))
+    if models_note:
+        lines.append(models_note)
     if overrides:
         lines.append("Member limits: " + ", ".join(
             f"<@{user}>: {'unlimited' if limit is None else limit}" for user, limit in overrides))
@@ -89,7 +112,7 @@ def history_page(jobs: list[Job], page: int, total: int) -> str:
         return "You have no jobs here yet." if page == 0 else "No more jobs."
     lines = [f"**Your jobs** (page {page + 1} of {max(1, -(-total // HISTORY_PAGE))})"]
     for job in jobs:
-        prompt = job.prompt if len(job.prompt) <= 80 else job.prompt[:79] + "…"
+        prompt = clip(as_text(" ".join(job.prompt.split())), 120)  # one line, as text
         state = STATUS_WORDS[job.status]
         if job.status is JobStatus.DELIVERED and job.error:
             state = "failed"
@@ -184,7 +207,9 @@ class Admin(commands.Cog):
         require_manage(interaction)
         server = await self.servers.get(interaction.guild_id)
         overrides = await self.servers.member_overrides(interaction.guild_id)
-        await self._done(interaction, describe_server(server, overrides))
+        models = self.bot.services.models
+        await self._done(interaction, describe_server(
+            server, overrides, models.status() if models is not None else None))
 
     @config.command(name="daily_limit", description="Images each member may make per day")
     @app_commands.describe(limit="Images per member per UTC day (each sample counts)")
@@ -250,12 +275,94 @@ class Admin(commands.Cog):
     async def config_default_model(self, interaction: discord.Interaction,
                                    model: app_commands.Range[str, 1, 100]) -> None:
         require_manage(interaction)
-        if not MODEL_ID_PATTERN.match(model):
-            raise UserFacingError(f"{model!r} is not a model id (letters, digits, '.', '_' "
-                                  f"and '-' only).")
+        model = self._known_model(model)
         await self.servers.update(interaction.guild_id, interaction.user.id,
                                   default_model=model)
         await self._done(interaction, f"The default model is now **{model}**.")
+
+    @config_default_model.autocomplete("model")
+    async def default_model_choices(self, interaction: discord.Interaction,
+                                    current: str) -> list[app_commands.Choice[str]]:
+        return await model_choices_for(self.bot, interaction.guild_id, current)
+
+    def _known_model(self, model: str) -> str:
+        """A well-formed model id that ModelsLab lists (when its list could be read)."""
+        model = model.strip()
+        if not MODEL_ID_PATTERN.match(model) or len(model) > MODEL_ID_MAX_LENGTH:
+            raise UserFacingError(f"{model!r} is not a model id (letters, digits, '.', '_' "
+                                  f"and '-' only).")
+        models = self.bot.services.models
+        if models is not None and models.available and not models.knows(model):
+            closest = models.closest(model)
+            hint = f" The closest names: {', '.join(closest)}." if closest else ""
+            raise UserFacingError(f"{model} is not a model on ModelsLab's model list.{hint}")
+        return model
+
+    @config.command(name="safety_filter",
+                    description="How the safety checker hides flagged images, where the "
+                                "endpoint lets it choose")
+    @app_commands.describe(type="sensitive_content_text (ModelsLab's default), blur, "
+                                "pixelate or black")
+    @app_commands.choices(type=[app_commands.Choice(name=t, value=t)
+                                for t in SAFETY_CHECKER_TYPES])
+    async def config_safety_filter(self, interaction: discord.Interaction,
+                                   type: app_commands.Choice[str]) -> None:
+        require_manage(interaction)
+        if type.value not in SAFETY_CHECKER_TYPES:
+            raise UserFacingError(f"type must be one of {', '.join(SAFETY_CHECKER_TYPES)}.")
+        await self.servers.update(interaction.guild_id, interaction.user.id,
+                                  safety_checker_type=type.value)
+        where = ", ".join(e.title for e in where_taken_by_server("safety_checker_type"))
+        await self._done(interaction, f"Images the safety checker flags are now shown as "
+                                      f"**{type.value}** on the {where} endpoints.")
+
+    @config.command(name="models", description="The models members may use (none listed: all)")
+    @app_commands.choices(action=[app_commands.Choice(name=a, value=a)
+                                  for a in ("add", "remove", "clear")])
+    async def config_models(self, interaction: discord.Interaction,
+                            action: app_commands.Choice[str],
+                            model: app_commands.Range[str, 1, 100] | None = None) -> None:
+        require_manage(interaction)
+        server = await self.servers.get(interaction.guild_id)
+        allowed = list(server.allowed_models)
+        if action.value == "clear":
+            allowed = []
+        elif model is None:
+            raise UserFacingError(f"Name the model to {action.value}.")
+        elif action.value == "add":
+            model = self._known_model(model)
+            if model.lower() not in {m.lower() for m in allowed}:
+                allowed.append(model)
+        elif action.value == "remove":
+            allowed = [m for m in allowed if m.lower() != model.strip().lower()]
+        updated = await self.servers.update(interaction.guild_id, interaction.user.id,
+                                            allowed_models=allowed)
+        shown = (", ".join(updated.allowed_models) if updated.allowed_models
+                 else "any model")
+        await self._done(interaction, f"Members may now use: {shown}.")
+
+    @config_models.autocomplete("model")
+    async def models_choices(self, interaction: discord.Interaction,
+                             current: str) -> list[app_commands.Choice[str]]:
+        namespace = interaction.namespace
+        if getattr(namespace, "action", None) == "remove":
+            server = await self.servers.get(interaction.guild_id)
+            text = current.strip().lower()
+            return [app_commands.Choice(name=m, value=m) for m in server.allowed_models
+                    if text in m.lower()][:25]
+        models = self.bot.services.models
+        if models is None or not models.available:
+            return []
+        return [app_commands.Choice(name=m, value=m) for m in models.suggest(current)]
+
+    @config.command(name="upscale", description="Turn the Upscale button on or off")
+    async def config_upscale(self, interaction: discord.Interaction, enabled: bool) -> None:
+        require_manage(interaction)
+        await self.servers.update(interaction.guild_id, interaction.user.id,
+                                  upscale_enabled=1 if enabled else 0)
+        await self._done(interaction, "The Upscale button is now **on**." if enabled else
+                         "The Upscale button is now **off**: new results don't show it, and "
+                         "older ones answer that upscaling is turned off.")
 
     @config.command(name="nsfw", description="In channels marked NSFW: post flagged images "
                                              "as they are, or as spoilers")

@@ -21,10 +21,10 @@ from bot.generation import GenerationRequest, HostedFile, HostFiles, Upload
 from bot.jobs.models import Job
 from bot.modelslab.catalogue import INPAINT, Operation
 from bot.modelslab.payload import GenerationOptions
-from bot.painter import KEPT_OPTIONS, Painter, PaintLink
+from bot.painter import KEPT_OPTIONS, Painter, PaintLink, inpaint_endpoint_for
 from bot.web.paint import PAINTER
-from cogs.generate import is_nsfw_channel, requester_of, start_job, upload_of
-from cogs.remix import IMAGE_NAME, refreshed
+from cogs.generate import is_nsfw_channel, requester_of, start_job, take_turn, upload_of
+from cogs.remix import IMAGE_NAME, NO_SERVER, PromptModal, refreshed, requester_for
 
 if TYPE_CHECKING:
     from bot.app import RemixerBot
@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_LINKS = 5  # one link button per image, one row
-STRENGTH_LABEL = "Strength (0 keeps the image, 1 ignores it)"
 
 
 def bot_of(interaction: discord.Interaction) -> RemixerBot:
@@ -128,42 +127,35 @@ async def offer_painter(interaction: discord.Interaction, images: list[Upload], 
         ephemeral=True)
 
 
-class PaintModal(discord.ui.Modal):
+class PaintModal(PromptModal):
     """The painter without a web page: upload a mask (white = repaint) and write the prompt."""
 
     def __init__(self, *, image: Upload, source: Job | None, prompt: str = "",
                  negative_prompt: str = "", strength: float | None = None,
                  options: dict[str, Any] | None = None) -> None:
-        super().__init__(title="Edit region", timeout=15 * 60)
-        self.image, self.source, self.options = image, source, options or {}
         self.mask = discord.ui.FileUpload(min_values=1, max_values=1, required=True)
-        self.prompt = discord.ui.TextInput(label="Prompt", default=prompt[:2000] or None,
-                                           max_length=2000, style=discord.TextStyle.paragraph)
-        self.negative = discord.ui.TextInput(label="Negative prompt", required=False,
-                                             default=negative_prompt[:2000] or None,
-                                             max_length=2000, style=discord.TextStyle.paragraph)
-        self.strength = discord.ui.TextInput(
-            label=STRENGTH_LABEL, required=False, max_length=6, placeholder="0.7",
-            default=f"{strength:g}" if strength is not None else None)
-        self.add_item(discord.ui.Label(
-            text="Mask", component=self.mask,
-            description="White where the image is repainted, black where it is kept"))
-        for item in (self.prompt, self.negative, self.strength):
-            self.add_item(item)
+        super().__init__(title="Edit region", prompt=prompt, negative_prompt=negative_prompt,
+                         strength=strength, first=(discord.ui.Label(
+                             text="Mask", component=self.mask,
+                             description="White where the image is repainted, black where "
+                                         "it is kept"),))
+        self.image, self.source, self.options = image, source, options or {}
 
     async def on_submit(self, interaction: discord.Interaction) -> None:
-        strength: float | None = None
-        if self.strength.value.strip():
-            try:
-                strength = float(self.strength.value.strip().replace(",", "."))
-            except ValueError:
-                await interaction.response.send_message(
-                    f"strength must be a number between 0 and 1, not {self.strength.value!r}.",
-                    ephemeral=True)
-                return
+        ok, strength = await self.read_strength(interaction)
+        if not ok:
+            return
         if not self.mask.values:
             await interaction.response.send_message("Upload a mask to edit a region.",
                                                     ephemeral=True)
+            return
+        requester = (requester_for(interaction, self.source) if self.source
+                     else requester_of(interaction) if interaction.guild_id else None)
+        if requester is None:
+            await interaction.response.send_message(NO_SERVER, ephemeral=True)
+            return
+        bot = bot_of(interaction)
+        if not await take_turn(bot, interaction, requester.guild_id):  # as every command
             return
         await interaction.response.defer(ephemeral=True, thinking=True)
         # From a source job, its settings but not its size or seed; from /inpaint, all of
@@ -174,15 +166,21 @@ class PaintModal(discord.ui.Modal):
                      if v is not None and k in GenerationOptions.model_fields})
         kept.update(prompt=self.prompt.value, negative_prompt=self.negative.value.strip() or None,
                     strength=strength if strength is not None else kept.get("strength"))
+        target = inpaint_endpoint_for(self.options.get("endpoint"),
+                                      self.source.endpoint if self.source else None)
+        kept = {k: v for k, v in kept.items() if k == "prompt" or target.takes(k)}
         try:
             options = GenerationOptions(**kept)
         except ValueError:
+            assert bot.cooldowns is not None
+            bot.cooldowns.refund(requester.guild_id, requester.user_id)
             await interaction.edit_original_response(content="Those values can't be used.")
             return
         source = self.source
-        await start_job(bot_of(interaction), interaction, GenerationRequest(
+        await start_job(bot, interaction, GenerationRequest(
             operation=Operation.INPAINT, options=options, image=self.image,
-            mask=upload_of(self.mask.values[0]), requester=requester_of(interaction),
+            endpoint=target.choice_name, mask=upload_of(self.mask.values[0]),
+            requester=requester,
             nsfw_channel=is_nsfw_channel(interaction),
             parent_track_id=source.track_id if source else None,
             extra={"remix_of": source.track_id} if source else {}))

@@ -22,7 +22,7 @@ from bot.components import DELETE_TEMPLATE, REMIX_TEMPLATE, REROLL_TEMPLATE
 from bot.errors import UserFacingError
 from bot.generation import GenerationRequest, Upload
 from bot.jobs.models import Job, Requester
-from bot.modelslab.catalogue import INPAINT, Operation
+from bot.modelslab.catalogue import ENDPOINTS, Operation
 from bot.modelslab.payload import GenerationOptions
 from cogs.generate import is_nsfw_channel, requester_of, start_job, take_turn, upload_of
 
@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 
 # What a remix keeps of its source's settings; the image, size, seed and count are its own.
 KEPT_OPTIONS = ("negative_prompt", "strength", "model", "steps", "guidance_scale", "scheduler",
-                "clip_skip", "karras")
+                "clip_skip", "karras", "algorithm", "enhance_prompt", "lora", "lora_strength",
+                "vae", "style")
 IMAGE_NAME = re.compile(r"\.(png|jpe?g|webp)$", re.IGNORECASE)
 
 
@@ -75,8 +76,10 @@ async def start_for(interaction: discord.Interaction, request: GenerationRequest
 
 
 def endpoint_for_remix(job: Job) -> str:
-    # A remix has no mask: an inpainting result is remixed with the v6 img2img endpoint.
-    return "v6" if job.endpoint == INPAINT.name else job.endpoint
+    # A remix has no mask: an inpainting result is remixed with the img2img endpoint of the
+    # same choice (v6 inpainting -> v6, enterprise inpainting -> enterprise).
+    source = ENDPOINTS.get(job.endpoint)
+    return source.choice_name if source is not None else "v6"
 
 
 # A link with less time left than this is refreshed before use: ModelsLab may fetch it a while
@@ -155,16 +158,16 @@ async def refreshed(bot: RemixerBot, *urls: str | None,
     return [chosen.get(u, u) if u else u for u in urls]
 
 
-class RemixModal(discord.ui.Modal):
-    """Prompt, negative prompt and strength for a remix; the prompt comes prefilled."""
+STRENGTH_LABEL = "Strength (0 keeps the image, 1 ignores it)"
 
-    def __init__(self, *, title: str, image: Upload, prompt: str = "",
-                 negative_prompt: str = "", strength: float | None = None,
-                 source: Job | None = None) -> None:
+
+class PromptModal(discord.ui.Modal):
+    """A form with the prompt, negative prompt and strength, each input inside a Label
+    (Discord's current modal layout, not action rows), after any ``first`` items."""
+
+    def __init__(self, *, title: str, prompt: str = "", negative_prompt: str = "",
+                 strength: float | None = None, first: tuple[discord.ui.Item, ...] = ()) -> None:
         super().__init__(title=title, timeout=15 * 60)
-        self.image = image
-        self.source = source
-        # Each input sits in a Label (Discord's current modal layout, not action rows).
         self.prompt = discord.ui.TextInput(default=prompt[:2000] or None,
                                            max_length=2000, style=discord.TextStyle.paragraph)
         self.negative = discord.ui.TextInput(required=False,
@@ -172,21 +175,42 @@ class RemixModal(discord.ui.Modal):
                                              max_length=2000, style=discord.TextStyle.paragraph)
         self.strength = discord.ui.TextInput(
             required=False, max_length=6,
-            default=f"{strength:g}" if strength is not None else None, placeholder="0.7")
+            default=f"{round(strength, 3):g}" if strength is not None else None, placeholder="0.7")
+        for item in first:
+            self.add_item(item)
         for text, item in (("Prompt", self.prompt), ("Negative prompt", self.negative),
-                           ("Strength (0 keeps the image, 1 ignores it)", self.strength)):
+                           (STRENGTH_LABEL, self.strength)):
             self.add_item(discord.ui.Label(text=text, component=item))
 
+    async def read_strength(self, interaction: discord.Interaction) -> tuple[bool, float | None]:
+        """(True, the strength or None when left empty), or (False, None) when it is not a
+        number: the member has then been told so."""
+        if not self.strength.value.strip():
+            return True, None
+        try:
+            return True, float(self.strength.value.strip().replace(",", "."))
+        except ValueError:
+            await interaction.response.send_message(
+                f"strength must be a number between 0 and 1, not {self.strength.value!r}.",
+                ephemeral=True)
+            return False, None
+
+
+class RemixModal(PromptModal):
+    """Prompt, negative prompt and strength for a remix; the prompt comes prefilled."""
+
+    def __init__(self, *, title: str, image: Upload, prompt: str = "",
+                 negative_prompt: str = "", strength: float | None = None,
+                 source: Job | None = None) -> None:
+        super().__init__(title=title, prompt=prompt, negative_prompt=negative_prompt,
+                         strength=strength)
+        self.image = image
+        self.source = source
+
     async def on_submit(self, interaction: discord.Interaction) -> None:
-        strength: float | None = None
-        if self.strength.value.strip():
-            try:
-                strength = float(self.strength.value.strip().replace(",", "."))
-            except ValueError:
-                await interaction.response.send_message(
-                    f"strength must be a number between 0 and 1, not {self.strength.value!r}.",
-                    ephemeral=True)
-                return
+        ok, strength = await self.read_strength(interaction)
+        if not ok:
+            return
         requester = (requester_for(interaction, self.source) if self.source
                      else requester_of(interaction) if interaction.guild_id else None)
         if requester is None:
@@ -283,12 +307,13 @@ class RerollButton(discord.ui.DynamicItem[discord.ui.Button], template=REROLL_TE
         image_url, mask_url = await refreshed(
             bot_of(interaction), image_url, mask_url,
             discord_now=interaction.created_at.timestamp())
+        source = ENDPOINTS[job.endpoint]
         request = GenerationRequest(
-            operation=Operation.INPAINT if job.endpoint == INPAINT.name else Operation.IMG2IMG,
+            operation=source.operation,
             options=GenerationOptions(**options),
             image=Upload(url=image_url, filename="image"),
             mask=Upload(url=mask_url, filename="mask.png") if mask_url else None,
-            endpoint=job.endpoint, requester=requester,
+            endpoint=source.choice_name, requester=requester,
             nsfw_channel=is_nsfw_channel(interaction), parent_track_id=job.track_id,
             extra={k: v for k, v in job.options.items() if k == "remix_of"})
         await start_for(interaction, request)

@@ -8,7 +8,7 @@ from pydantic import SecretStr
 
 from bot.modelslab.client import ModelsLabClient
 from tests.fakes import FakeModelsLab
-from tests.support.jobs import RecordingDelivery, RunningEngine, make_client
+from tests.support.jobs import RecordingDelivery, RunningEngine, cdn_outputs, make_client
 
 
 @pytest.fixture
@@ -48,7 +48,7 @@ def running(tmp_path, fake, http, delivery, unused_tcp_port):
         client = make_client(http, fake.base_url, fake.api_key, fake.enterprise_key)
         return RunningEngine(db_path=tmp_path / "bot.sqlite3", client=client,
                              delivery=kw.pop("delivery", delivery), session=http,
-                             port=unused_tcp_port, **kw)
+                             port=unused_tcp_port, output_hosts=cdn_outputs(fake), **kw)
     return make
 
 

@@ -31,8 +31,11 @@ PATHS = {
     "enterprise": "/api/v1/enterprise/img2img",
     "enterprise_pony": "/api/v1/enterprise/pony/img2img",
     "realtime": "/api/v1/enterprise/realtime/img2img",
+    "enterprise_inpaint": "/api/v1/enterprise/inpaint",
+    "super_resolution": "/api/v6/image_editing/super_resolution",
 }
-KEYS = {"v6": STD, "inpaint": STD, "enterprise": ENT, "enterprise_pony": ENT, "realtime": ENT}
+KEYS = {"v6": STD, "inpaint": STD, "enterprise": ENT, "enterprise_pony": ENT, "realtime": ENT,
+        "enterprise_inpaint": ENT, "super_resolution": STD}
 IMG = "https://cdn.discordapp.com/attachments/1/2/in.png?ex=1&is=2&hm=3"
 MASK = "https://cdn.discordapp.com/attachments/1/2/mask.png"
 
@@ -138,7 +141,6 @@ VALID: dict[str, dict[str, Any]] = {
         "height": 512,
         "samples": 3,
         "strength": 0.45,
-        "guidance_scale": 3.5,
         "seed": 123,
         "safety_checker": False,
         "base64": False,
@@ -147,6 +149,42 @@ VALID: dict[str, dict[str, Any]] = {
         "enhance_style": "watercolor",
         "webhook": None,
         "track_id": "rt-1",
+    },
+    "enterprise_inpaint": {
+        "key": ENT,
+        "model_id": "my-model",
+        "prompt": "a wooden door",
+        "negative_prompt": "ugly",
+        "init_image": IMG,
+        "mask_image": MASK,
+        "width": 512,
+        "height": 512,
+        "samples": 1,
+        "num_inference_steps": 21,
+        "safety_checker": "yes",
+        "safety_checker_type": "pixelate",
+        "enhance_prompt": "no",
+        "guidance_scale": 7.5,
+        "strength": 0.7,
+        "scheduler": "DDPMScheduler",
+        "seed": None,
+        "lora_model": None,
+        "tomesd": "yes",
+        "use_karras_sigmas": "yes",
+        "vae": None,
+        "lora_strength": None,
+        "clip_skip": 2,
+        "webhook": None,
+        "track_id": "ent-inpaint-1",
+    },
+    "super_resolution": {
+        "key": STD,
+        "init_image": IMG,
+        "scale": 4,
+        "model_id": "RealESRGAN_x4plus_anime_6B",
+        "face_enhance": False,
+        "webhook": "http://127.0.0.1:9/hook",
+        "track_id": "sr-1",
     },
 }
 
@@ -581,6 +619,8 @@ FETCH_ROUTES = {
     "enterprise": "/api/v1/enterprise/fetch/{id}",
     "enterprise_pony": "/api/v1/enterprise/fetch/{id}",
     "realtime": "/api/v1/enterprise/realtime/fetch/{id}",
+    "enterprise_inpaint": "/api/v1/enterprise/fetch/{id}",
+    "super_resolution": "/api/v6/image_editing/fetch/{id}",
 }
 
 
@@ -1017,3 +1057,51 @@ async def test_not_started_and_context_manager():
         assert f.cdn_url.startswith("http://127.0.0.1:") and f.cdn_url != f.base_url
         assert f.url_for("inpaint") == f.base_url + "/api/v6/images/inpaint"
         assert f.key_for("enterprise_pony") == "test-enterprise-key"
+
+
+# --------------------------------------------------------------------------- newer routes
+
+
+async def test_realtime_refuses_guidance_scale_which_it_does_not_document(fake, http):
+    reply = await submit(fake, http, "realtime", guidance_scale=7.5)
+    assert reply.body["status"] == "error" and "guidance_scale" in reply.body["message"]
+    assert fake.submits == []
+
+
+async def test_v6_takes_enhance_prompt_as_yes_or_no(fake, http):
+    assert (await submit(fake, http, "v6", enhance_prompt="no")).body["status"] == "processing"
+    reply = await submit(fake, http, "inpaint", enhance_prompt=False)
+    assert "enhance_prompt" in reply.body["message"]
+
+
+async def test_super_resolution_takes_only_documented_upscalers(fake, http):
+    reply = await submit(fake, http, "super_resolution", model_id="pony_realism")
+    assert "model_id" in reply.body["message"]
+    reply = await submit(fake, http, "super_resolution", prompt="x")
+    assert "prompt" in reply.body["message"]
+
+
+@pytest.mark.parametrize(("path", "key"), [("/api/v4/dreambooth/model_list", STD),
+                                           ("/api/v1/enterprise/get_all_models", ENT)])
+async def test_model_lists_answer_500_records_in_the_documented_shapes(fake, http, path, key):
+    reply = await call(http, fake.base_url + path, {"key": key})
+    assert reply.status == 200
+    records = reply.body if path.startswith("/api/v4") else reply.body["message"]
+    assert all("model_id" in r for r in records)
+    assert len([r for r in records if r["model_category"] != "lora"]) == 500
+    assert [r["model_id"] for r in records if r["model_category"] == "lora"] == fake.loras
+    fake.models.append("brand-new-model")
+    fake.enterprise_models.append("brand-new-model")
+    again = await call(http, fake.base_url + path, {"key": key})
+    records = again.body if path.startswith("/api/v4") else again.body["message"]
+    assert records[-1 - len(fake.loras)]["model_id"] == "brand-new-model"
+    assert len(fake.model_list_calls) == 2
+    wrong = await call(http, fake.base_url + path, {"key": STD if key == ENT else ENT})
+    assert wrong.status == 401
+
+
+async def test_scripted_answers_can_carry_headers(fake, http):
+    fake.script("submit", 429, {"status": "error", "message": "slow down"},
+                headers={"X-RateLimit-Reset": "12"})
+    async with http.post(fake.url_for("v6"), json=body_for("v6")) as resp:
+        assert resp.status == 429 and resp.headers["X-RateLimit-Reset"] == "12"

@@ -16,12 +16,17 @@ class DeliveryFailed(Exception):
     """The result could not be posted this time; the engine tries again later."""
 
 
+class NotInServer(Exception):
+    """The bot is no longer in the job's server: nothing can (or should) be posted there."""
+
+
 class Delivery(Protocol):
     async def deliver(self, job: Job, outputs: Sequence[Output]) -> int | None:
         """Show the finished job (its images, or its error in words) to the member.
 
         Returns the id of the message that carries it, when there is one. Raises
-        DeliveryFailed when nothing was posted and a later attempt may work.
+        DeliveryFailed when nothing was posted and a later attempt may work, NotInServer when
+        the bot has left the job's server.
         """
 
     async def find_delivered(self, job: Job) -> int | None:

@@ -3,6 +3,10 @@
 Output links expire (some plans delete them after 24 hours), so the bytes are fetched as soon
 as a job succeeds and re-uploaded to Discord later. A fresh output can answer 404 for a while
 before the CDN has it: those answers are retried. No API key is ever sent here.
+
+Every link, whether it came from a webhook, a fetch or the submit's own answer, must be on one
+of ModelsLab's output hosts (``OutputHosts``, the MODELSLAB_OUTPUT_HOSTS setting) before
+anything is fetched; the session refuses non-public addresses on every connection and hop.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import aiohttp
 from PIL import Image
 
 from bot.jobs.models import Output
-from bot.net import read_capped
+from bot.net import MAX_REDIRECTS, OutputHosts, blocked_reason, read_capped
 
 log = logging.getLogger(__name__)
 
@@ -40,16 +44,29 @@ class DownloadPolicy:
 
 class OutputDownloader:
     def __init__(self, session: aiohttp.ClientSession,
-                 policy: DownloadPolicy | None = None) -> None:
+                 policy: DownloadPolicy | None = None, *,
+                 output_hosts: OutputHosts | None = None) -> None:
         self._session = session
         self.policy = policy or DownloadPolicy()
+        self.output_hosts = output_hosts or OutputHosts()
+
+    def check_host(self, track_id: str, index: int, url: str) -> None:
+        """Refuse, before anything is fetched, a link that is not on ModelsLab's hosts."""
+        if not self.output_hosts.allows(url):
+            log.warning("output %s of %s not downloaded: %r is not on an output host "
+                        "(MODELSLAB_OUTPUT_HOSTS)", index, track_id, url[:200])
+            raise DownloadError(f"image {index + 1} is not on one of ModelsLab's output "
+                                f"hosts, so it was not downloaded")
 
     async def download_all(self, track_id: str, urls: tuple[str, ...]) -> list[Output]:
+        for index, url in enumerate(urls):  # all checked before any is fetched
+            self.check_host(track_id, index, url)
         results = await asyncio.gather(
             *(self.download(track_id, index, url) for index, url in enumerate(urls)))
         return list(results)
 
     async def download(self, track_id: str, index: int, url: str) -> Output:
+        self.check_host(track_id, index, url)
         policy = self.policy
         loop = asyncio.get_running_loop()
         deadline = loop.time() + policy.not_found_window
@@ -68,7 +85,8 @@ class OutputDownloader:
     async def _once(self, track_id: str, index: int, url: str) -> Output:
         limits = aiohttp.ClientTimeout(total=self.policy.timeout, sock_connect=10)
         try:
-            async with self._session.get(url, timeout=limits, allow_redirects=True) as resp:
+            async with self._session.get(url, timeout=limits, allow_redirects=True,
+                                         max_redirects=MAX_REDIRECTS) as resp:
                 if resp.status in (404, 403) or resp.status >= 500 or resp.status == 429:
                     raise _RetryLater(f"HTTP {resp.status}")
                 if resp.status != 200:
@@ -82,6 +100,10 @@ class OutputDownloader:
                                         f"{self.policy.max_bytes // 2**20} MiB")
                 data = await read_capped(resp.content, self.policy.max_bytes)
         except (aiohttp.ClientError, TimeoutError) as exc:
+            if (blocked := blocked_reason(exc)) is not None:
+                log.warning("output %s of %s not downloaded: %s", index, track_id, blocked)
+                raise DownloadError(f"image {index + 1} is on an address Remixer does not "
+                                    f"connect to (not on the public internet)") from None
             raise _RetryLater(type(exc).__name__) from None
         if len(data) > self.policy.max_bytes:
             raise DownloadError(f"image {index + 1} is larger than "

@@ -16,7 +16,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from bot.jobs.delivery import Delivery
+from bot.jobs.delivery import Delivery, NotInServer
 from bot.jobs.downloads import DownloadError, OutputDownloader
 from bot.jobs.leases import Leases
 from bot.jobs.models import IN_FLIGHT, Job, JobStatus, NewJob, Output
@@ -106,6 +106,7 @@ class JobEngine:
         self._last_takeover = 0.0
         self.process_info: dict[str, Any] = {}  # for /healthz: which process, shards, database
         self._last_status = 0.0
+        self._removed_guilds: set[int] = set()  # servers the bot was removed from
 
     # --- life cycle ---------------------------------------------------------------------
 
@@ -380,6 +381,9 @@ class JobEngine:
 
     async def _deliver(self, job: Job, outputs: list[Output] | None) -> None:
         track_id = job.track_id
+        if job.requester.guild_id in self._removed_guilds:
+            await self._drop(job)
+            return
         for attempt in range(1, self.policy.max_delivery_attempts + 1):
             if job.status not in (JobStatus.SUCCEEDED, JobStatus.FAILED):
                 return
@@ -402,6 +406,9 @@ class JobEngine:
                 outputs = await self.store.outputs(track_id)
             try:
                 message_id = await self.delivery.deliver(started, outputs)
+            except NotInServer:
+                await self._drop(started)
+                return
             except Exception as exc:
                 self.metrics.delivery("failed")
                 await self.store.end_delivery_attempt(track_id)
@@ -413,6 +420,45 @@ class JobEngine:
             return
         log.error("job %s: not delivered after %d attempts; will retry later",
                   track_id, self.policy.max_delivery_attempts)
+
+    async def _drop(self, job: Job) -> None:
+        """The bot is no longer in the job's server: nothing is sent there (nor to the member,
+        who asked there)."""
+        if job.status in (JobStatus.SUCCEEDED, JobStatus.FAILED):
+            log.warning("job %s: finished (%s) but Remixer is no longer in server %s; the "
+                        "result is dropped", job.track_id, job.status, job.requester.guild_id)
+            await self.store.mark_delivered(job.track_id, message_id=None, now=self.clock())
+
+    # --- server membership ----------------------------------------------------------------
+
+    async def leave_guild(self, guild_id: int) -> None:
+        """Remixer was removed from a server: its queued jobs are cancelled and refunded at
+        once; jobs already at ModelsLab finish there, and their results are dropped."""
+        self._removed_guilds.add(guild_id)
+        now = self.clock()
+        cancelled = await self.store.cancel_queued(
+            guild_id, error="Remixer was removed from this server before the job started. "
+            + NOT_CHARGED, now=now)
+        for job in cancelled:
+            await self.store.mark_delivered(job.track_id, message_id=None, now=now)
+        if cancelled:
+            log.warning("removed from server %s: %d queued jobs cancelled and refunded (%s)",
+                        guild_id, len(cancelled), ", ".join(j.track_id for j in cancelled))
+        for job in await self.store.undelivered():
+            if job.requester.guild_id == guild_id and job.track_id not in self._finishing:
+                self._spawn(self._finish(job.track_id), f"finish-{job.track_id}")
+
+    def rejoin_guild(self, guild_id: int) -> None:
+        """Remixer is in the server (again): its jobs are delivered as usual."""
+        self._removed_guilds.discard(guild_id)
+
+    async def keep_guilds(self, guild_ids: set[int], *,
+                          serves: Callable[[int], bool] | None = None) -> None:
+        """At connection: jobs of servers Remixer is no longer in are handled as if it had
+        just been removed from them (``serves``: the servers this process's shards carry)."""
+        for guild_id in await self.store.unfinished_guilds() - set(guild_ids):
+            if serves is None or serves(guild_id):
+                await self.leave_guild(guild_id)
 
     async def _give_up(self, job: Job) -> None:
         """Neither the channel nor the member could be reached, for a long time: a result is
@@ -465,7 +511,8 @@ class JobEngine:
             if job.status is JobStatus.SUBMITTED:
                 await self._fail(track_id, "ModelsLab never confirmed this job. " + NOT_CHARGED)
                 return
-            if job.poll_attempts >= self.policy.max_poll_attempts or job.request_id is None:
+            if job.poll_attempts >= self.policy.max_poll_attempts or (
+                    job.request_id is None and job.fetch_url is None):
                 await self._fail(track_id, "ModelsLab did not finish the job in time. "
                                  + NOT_CHARGED)
                 return

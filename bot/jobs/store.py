@@ -169,6 +169,12 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX paint_links_by_expiry ON paint_links(expires_at);
     """,
+    # 6: per-server ModelsLab choices: safety filter type, upscaling, the models allowed.
+    """
+    ALTER TABLE guild_settings ADD COLUMN safety_checker_type TEXT;
+    ALTER TABLE guild_settings ADD COLUMN upscale_enabled INTEGER;
+    ALTER TABLE guild_settings ADD COLUMN allowed_models TEXT NOT NULL DEFAULT '[]';
+    """,
 )
 # Migrations after which the file is rewritten once (VACUUM cannot run in a transaction):
 # 3 turns on incremental auto-vacuum for a database created before it was the default.
@@ -726,6 +732,29 @@ class JobStore:
         if job is not None:
             self._delivered += 1
         return job
+
+    async def cancel_queued(self, guild_id: int, *, error: str, now: float) -> list[Job]:
+        """Every queued job of one server fails at once, each refunded, in one step (a job
+        the dispatcher claimed first is no longer queued and is left alone)."""
+        async with self._write() as db:
+            rows = list(await db.execute_fetchall(
+                "UPDATE jobs SET status = 'failed', error = ?, result_at = COALESCE(result_at, "
+                "?), finished_at = ?, next_poll_at = NULL WHERE guild_id = ? AND status = "
+                "'queued' RETURNING *", (error, now, now, guild_id)))
+            for row in rows:
+                await db.execute(
+                    "INSERT OR IGNORE INTO quota_ledger (guild_id, user_id, track_id, images, "
+                    "kind, day, at) SELECT guild_id, user_id, track_id, -images, 'refund', day, "
+                    "? FROM quota_ledger WHERE track_id = ? AND kind = 'reserve'",
+                    (now, row["track_id"]))
+        return [Job.from_row(row) for row in rows]
+
+    async def unfinished_guilds(self) -> set[int]:
+        """The servers that have jobs not yet delivered."""
+        rows = await self._fetchall(
+            f"SELECT DISTINCT guild_id FROM jobs WHERE guild_id IS NOT NULL AND status IN "
+            f"({_placeholders(UNFINISHED)})", UNFINISHED)
+        return {row[0] for row in rows}
 
     async def purge_delivered_outputs(self) -> None:
         """Drop the images of delivered jobs (Discord holds them now), and give the freed

@@ -19,6 +19,7 @@ from typing import Any
 class Operation(StrEnum):
     IMG2IMG = "img2img"
     INPAINT = "inpaint"
+    UPSCALE = "upscale"
 
 
 class KeyKind(StrEnum):
@@ -110,6 +111,13 @@ class Endpoint:
     # Fields the bot always sends with a fixed value (wire name -> value, booleans in
     # bot terms; the flag wire type is applied when the payload is built).
     fixed: Mapping[str, Any] = field(default_factory=dict)
+    # The value of the command's `endpoint` option that picks this endpoint (unique per
+    # operation); empty: the same as ``name``.
+    choice: str = ""
+
+    @property
+    def choice_name(self) -> str:
+        return self.choice or self.name
 
     def rule(self, option: str) -> FieldRule | None:
         return self.rules.get(option)
@@ -182,6 +190,24 @@ PONY_SCHEDULERS: tuple[str, ...] = (
 )
 
 SAFETY_CHECKER_TYPES: tuple[str, ...] = ("sensitive_content_text", "blur", "pixelate", "black")
+
+# `algorithm_type` of the v6 pages: the generic page documents "none" and "dpmsolver+++", the
+# Pony page's example sends "sde-dpmsolver++". The pages disagree; all three are accepted.
+ALGORITHMS: tuple[str, ...] = ("none", "dpmsolver+++", "sde-dpmsolver++")
+
+# `enhance_style` of the realtime endpoint. The documentation's list is long; these are the
+# names it shows (correct them here and every check, choice and doc follows).
+STYLES: tuple[str, ...] = (
+    "enhance", "anime", "photographic", "digital-art", "comic-book", "fantasy-art",
+    "analog-film", "neon-punk", "isometric", "low-poly", "origami", "line-art",
+    "craft-clay", "cinematic", "3d-model", "pixel-art", "texture", "futuristic", "realism",
+    "watercolor", "photorealistic",
+)
+
+# Super resolution's `model_id`: the documented upscalers.
+UPSCALERS: tuple[str, ...] = ("RealESRGAN_x4plus", "RealESRGAN_x4plus_anime_6B",
+                              "RealESRGAN_x2plus", "realesr-general-x4v3", "ultra_resolution")
+UPSCALE_SCALES: tuple[int, ...] = (2, 3, 4)
 
 DEFAULT_SCHEDULER = "DPMSolverMultistepScheduler"
 PROMPT_MAX_LENGTH = 2000  # inferred: far beyond what the text encoder reads; Discord allows 6000
@@ -258,13 +284,42 @@ def _safety_checker() -> FieldRule:
                      default=True, member_option=False)
 
 
+def _enhance_prompt() -> FieldRule:
+    # Left out, the v6 pages' default ("yes") lets ModelsLab rewrite the prompt: always sent.
+    return FieldRule("enhance_prompt", "enhance_prompt", ValueKind.FLAG, "enhance_prompt",
+                     default=False)
+
+
+def _algorithm() -> FieldRule:
+    return FieldRule("algorithm", "algorithm_type", ValueKind.CHOICE, "algorithm",
+                     allowed=ALGORITHMS, default=None, send_default=False)
+
+
+def _lora_rules() -> tuple[FieldRule, ...]:
+    # In the enterprise example bodies, not their attribute lists; left out unless given.
+    # The 0.1-1 strength range is the one ModelsLab's v6 pages give (inferred to hold here).
+    return (
+        FieldRule("lora", "lora_model", ValueKind.TEXT, "lora", default=None,
+                  send_default=False, max_length=MODEL_ID_MAX_LENGTH),
+        FieldRule("lora_strength", "lora_strength", ValueKind.FLOAT, "lora_strength",
+                  minimum=0.1, maximum=1, default=None, send_default=False),
+        FieldRule("vae", "vae", ValueKind.TEXT, "vae", default=None, send_default=False,
+                  max_length=MODEL_ID_MAX_LENGTH),
+    )
+
+
+# Options whose text is an id ModelsLab looks up (same shape as a model id).
+ID_OPTIONS: tuple[str, ...] = ("model", "lora", "vae")
+
+
 def _rules(*rules: FieldRule) -> Mapping[str, FieldRule]:
     return MappingProxyType({r.option: r for r in rules})
 
 
-def _enterprise_rules(schedulers: tuple[str, ...]) -> Mapping[str, FieldRule]:
+def _enterprise_rules(schedulers: tuple[str, ...], *,
+                      mask: bool = False) -> Mapping[str, FieldRule]:
     return _rules(
-        _prompt(), _negative_prompt(), _init_image(), _model(),
+        _prompt(), _negative_prompt(), _init_image(), *((_mask(),) if mask else ()), _model(),
         # 256 as the smallest size is inferred; the documented rule is "max 1024, default 512".
         _size("width", 256, 1024, 512), _size("height", 256, 1024, 512),
         _samples(),
@@ -276,7 +331,13 @@ def _enterprise_rules(schedulers: tuple[str, ...]) -> Mapping[str, FieldRule]:
         FieldRule("safety_checker_type", "safety_checker_type", ValueKind.CHOICE,
                   "safety checker type", allowed=SAFETY_CHECKER_TYPES,
                   default="sensitive_content_text", member_option=False),
+        _enhance_prompt(), *_lora_rules(),
     )
+
+
+def _mask() -> FieldRule:
+    return FieldRule("mask", "mask_image", ValueKind.URL, "mask", required=True,
+                     member_option=False)
 
 
 _COMMUNITY_FETCH = FetchRoute("/api/v6/images/fetch/{id}", id_in_body=False)
@@ -285,19 +346,21 @@ _ENTERPRISE_FETCH = FetchRoute("/api/v1/enterprise/fetch", id_in_body=True)
 _REALTIME_FETCH = FetchRoute("/api/v1/enterprise/realtime/fetch/{id}", id_in_body=False)
 
 
-def _enterprise_endpoint(name: str, title: str, path: str,
-                         schedulers: tuple[str, ...]) -> Endpoint:
-    """The enterprise img2img endpoints differ only in path and allowed schedulers."""
+def _enterprise_endpoint(name: str, title: str, path: str, schedulers: tuple[str, ...], *,
+                         operation: Operation = Operation.IMG2IMG,
+                         choice: str = "") -> Endpoint:
+    """The enterprise endpoints differ only in path, allowed schedulers and the mask."""
     return Endpoint(
         name=name,
         title=title,
-        operation=Operation.IMG2IMG,
+        operation=operation,
         path=path,
         key=KeyKind.ENTERPRISE,
         flag_wire=FlagWire.YES_NO,
         fetch=_ENTERPRISE_FETCH,
-        rules=_enterprise_rules(schedulers),
-        fixed=MappingProxyType({"enhance_prompt": False}),  # prompts are sent as written
+        rules=_enterprise_rules(schedulers, mask=operation is Operation.INPAINT),
+        fixed=MappingProxyType({"tomesd": True}),  # the documented default
+        choice=choice,
     )
 
 V6 = Endpoint(
@@ -318,6 +381,7 @@ V6 = Endpoint(
         _guidance(), _strength(), _seed(), _scheduler(SCHEDULERS), _karras(),
         _clip_skip(4, 2),
         _safety_checker(),
+        _algorithm(), _enhance_prompt(),
     ),
 )
 
@@ -330,10 +394,7 @@ INPAINT = Endpoint(
     flag_wire=FlagWire.YES_NO,
     fetch=_COMMUNITY_FETCH,
     rules=_rules(
-        _prompt(), _negative_prompt(), _init_image(),
-        FieldRule("mask", "mask_image", ValueKind.URL, "mask", required=True,
-                  member_option=False),
-        _model(),
+        _prompt(), _negative_prompt(), _init_image(), _mask(), _model(),
         _size("width", 512, 1024, 512), _size("height", 512, 1024, 512),
         _samples(),
         # Inpainting names the field `steps`; the 1-50 range is inferred, the default documented.
@@ -341,13 +402,19 @@ INPAINT = Endpoint(
         _guidance(), _strength(), _seed(), _scheduler(SCHEDULERS), _karras(),
         _clip_skip(4, 2),
         _safety_checker(),
+        _algorithm(), _enhance_prompt(),
     ),
+    choice="v6",
 )
 
 ENTERPRISE = _enterprise_endpoint("enterprise", "enterprise", "/api/v1/enterprise/img2img",
                                   SCHEDULERS)
 ENTERPRISE_PONY = _enterprise_endpoint("enterprise_pony", "enterprise Pony",
                                        "/api/v1/enterprise/pony/img2img", PONY_SCHEDULERS)
+# The documentation's example body: enterprise img2img's fields plus `mask_image`.
+ENTERPRISE_INPAINT = _enterprise_endpoint(
+    "enterprise_inpaint", "enterprise inpainting", "/api/v1/enterprise/inpaint", SCHEDULERS,
+    operation=Operation.INPAINT, choice="enterprise")
 
 REALTIME = Endpoint(
     name="realtime",
@@ -357,27 +424,66 @@ REALTIME = Endpoint(
     key=KeyKind.ENTERPRISE,
     flag_wire=FlagWire.JSON_BOOL,
     fetch=_REALTIME_FETCH,
-    # No model, steps, clip_skip or scheduler on this endpoint. The 256 minimum is inferred.
+    # No model, steps, clip_skip, scheduler or guidance_scale on this endpoint (the realtime
+    # page documents none of them). The 256 minimum is inferred.
     rules=_rules(
         _prompt(), _negative_prompt(), _init_image(),
         _size("width", 256, 1024, 512), _size("height", 256, 1024, 512),
-        _samples(), _guidance(), _strength(), _seed(),
+        _samples(), _strength(), _seed(),
         _safety_checker(),
+        _enhance_prompt(),
+        FieldRule("style", "enhance_style", ValueKind.CHOICE, "style", allowed=STYLES,
+                  default=None, send_default=False),
     ),
-    # Outputs as URLs (not base64), queued like the others, prompts sent as written.
-    fixed=MappingProxyType({"base64": False, "instant_response": False,
-                            "enhance_prompt": False}),
+    # Outputs as URLs (not base64), queued like the others.
+    fixed=MappingProxyType({"base64": False, "instant_response": False}),
+)
+
+UPSCALE = Endpoint(
+    name="upscale",
+    title="super resolution",
+    operation=Operation.UPSCALE,
+    path="/api/v6/image_editing/super_resolution",
+    key=KeyKind.STANDARD,
+    flag_wire=FlagWire.JSON_BOOL,
+    # Documented: fetch through `fetch_result`. This route, for when there is none, is inferred.
+    fetch=FetchRoute("/api/v6/image_editing/fetch/{id}", id_in_body=False),
+    rules=_rules(
+        _init_image(),
+        FieldRule("scale", "scale", ValueKind.INT, "scale", allowed=UPSCALE_SCALES, default=4),
+        FieldRule("upscaler", "model_id", ValueKind.CHOICE, "upscaler", allowed=UPSCALERS,
+                  default="RealESRGAN_x4plus"),
+        FieldRule("face_enhance", "face_enhance", ValueKind.FLAG, "face_enhance",
+                  default=False),
+    ),
 )
 
 ENDPOINTS: Mapping[str, Endpoint] = MappingProxyType(
-    {e.name: e for e in (V6, ENTERPRISE, ENTERPRISE_PONY, REALTIME, INPAINT)}
+    {e.name: e for e in (V6, ENTERPRISE, ENTERPRISE_PONY, REALTIME, INPAINT,
+                         ENTERPRISE_INPAINT, UPSCALE)}
 )
 
-# The values of the `endpoint` option of /img2img, in the order members see them.
-IMG2IMG_ENDPOINTS: tuple[str, ...] = tuple(
-    e.name for e in ENDPOINTS.values() if e.operation is Operation.IMG2IMG
-)
+
+def choices_for(operation: Operation) -> tuple[str, ...]:
+    """The values of a command's `endpoint` option, in the order members see them."""
+    return tuple(e.choice_name for e in ENDPOINTS.values() if e.operation is operation)
+
+
+def by_choice(operation: Operation, choice: str) -> Endpoint | None:
+    return next((e for e in ENDPOINTS.values()
+                 if e.operation is operation and e.choice_name == choice), None)
+
+
+def where_taken(option: str) -> tuple[Endpoint, ...]:
+    """The endpoints where a member may set ``option``."""
+    return tuple(e for e in ENDPOINTS.values()
+                 if (rule := e.rule(option)) is not None and rule.member_option)
+
+
+IMG2IMG_ENDPOINTS: tuple[str, ...] = choices_for(Operation.IMG2IMG)
+INPAINT_ENDPOINTS: tuple[str, ...] = choices_for(Operation.INPAINT)
 DEFAULT_IMG2IMG_ENDPOINT = V6.name
+DEFAULT_INPAINT_ENDPOINT = INPAINT.choice_name
 
 
 def endpoint(name: str) -> Endpoint:

@@ -15,7 +15,14 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from bot.errors import OptionError
-from bot.modelslab.catalogue import MODEL_ID_PATTERN, Endpoint, FieldRule, ValueKind
+from bot.modelslab.catalogue import (
+    ID_OPTIONS,
+    MODEL_ID_PATTERN,
+    Endpoint,
+    FieldRule,
+    ValueKind,
+    where_taken,
+)
 
 
 class GenerationOptions(BaseModel):
@@ -23,7 +30,7 @@ class GenerationOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    prompt: str
+    prompt: str | None = None
     negative_prompt: str | None = None
     strength: float | None = None
     model: str | None = None
@@ -36,6 +43,16 @@ class GenerationOptions(BaseModel):
     seed: int | None = None
     clip_skip: int | None = None
     karras: bool | None = None
+    algorithm: str | None = None
+    enhance_prompt: bool | None = None
+    lora: str | None = None
+    lora_strength: float | None = None
+    vae: str | None = None
+    style: str | None = None
+    # super resolution
+    scale: int | None = None
+    upscaler: str | None = None
+    face_enhance: bool | None = None
 
     def given(self) -> dict[str, Any]:
         return {k: v for k, v in self.model_dump().items() if v is not None}
@@ -57,6 +74,7 @@ def build_payload(
     image: SourceImage,
     default_model: str,
     safety_checker: bool = True,
+    safety_checker_type: str | None = None,
     mask: SourceImage | None = None,
     track_id: str | None = None,
 ) -> dict[str, Any]:
@@ -68,11 +86,18 @@ def build_payload(
     for option, value in given.items():
         rule = endpoint.rule(option)
         if rule is None or not rule.member_option:
-            problems.append(f"{option} can't be set on the {endpoint.title} endpoint")
+            problems.append(_not_here(option, endpoint))
             continue
         checked = _check(rule, value, endpoint, problems)
         if checked is not None:
             values[option] = checked
+
+    for option, rule in endpoint.rules.items():
+        if rule.required and rule.member_option and option not in given and option != "model":
+            problems.append(f"the {endpoint.title} endpoint needs a {rule.label}")
+
+    if "lora_strength" in values and "lora" not in given:
+        problems.append("lora_strength needs a lora: name the LoRA it applies to")
 
     if endpoint.takes("mask") and mask is None:
         problems.append(f"the {endpoint.title} endpoint needs a mask image")
@@ -80,7 +105,7 @@ def build_payload(
     if endpoint.takes("model") and "model" not in values and "model" not in given:
         values["model"] = _check(endpoint.rules["model"], default_model, endpoint, problems)
 
-    if "width" not in given or "height" not in given:
+    if endpoint.takes("width") and ("width" not in given or "height" not in given):
         size = fit_size(endpoint, image.width, image.height,
                         width=values.get("width"), height=values.get("height"))
         values.setdefault("width", size[0])
@@ -92,7 +117,11 @@ def build_payload(
     values["image"] = image.url
     if mask is not None:
         values["mask"] = mask.url
-    values["safety_checker"] = safety_checker
+    if endpoint.takes("safety_checker"):
+        values["safety_checker"] = safety_checker
+    if safety_checker_type is not None and endpoint.takes("safety_checker_type"):
+        values["safety_checker_type"] = _check(endpoint.rules["safety_checker_type"],
+                                               safety_checker_type, endpoint, [])
 
     body: dict[str, Any] = {}
     for option, rule in endpoint.rules.items():
@@ -137,6 +166,17 @@ def fit_size(
     return _snap(w_rule, w), _snap(h_rule, h)
 
 
+def _not_here(option: str, endpoint: Endpoint) -> str:
+    """Why an option is refused on an endpoint, naming the endpoints where it does apply."""
+    text = f"{option} can't be set on the {endpoint.title} endpoint"
+    elsewhere = [e.title for e in where_taken(option)]
+    if elsewhere:
+        shown = elsewhere[0] if len(elsewhere) == 1 else \
+            ", ".join(elsewhere[:-1]) + " and " + elsewhere[-1]
+        text += f"; it applies on the {shown} endpoint{'s' if len(elsewhere) > 1 else ''}"
+    return text
+
+
 def _snap(rule: FieldRule, value: float) -> int:
     step = rule.multiple_of or 1
     low, high = int(rule.minimum), int(rule.maximum)
@@ -161,8 +201,9 @@ def _check(rule: FieldRule, value: Any, endpoint: Endpoint, problems: list[str])
             refuse(f"the {rule.label} is {len(text)} characters long; "
                    f"it can be at most {rule.max_length}")
             return None
-        if rule.option == "model" and not MODEL_ID_PATTERN.match(text):
-            refuse(f"{text!r} is not a model id (letters, digits, '.', '_' and '-' only)")
+        if rule.option in ID_OPTIONS and not MODEL_ID_PATTERN.match(text):
+            refuse(f"{text!r} is not a {rule.label} id (letters, digits, '.', '_' and '-' "
+                   f"only)")
             return None
         return text
 

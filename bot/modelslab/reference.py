@@ -50,7 +50,9 @@ def render() -> str:
         flags = '"yes" / "no"' if e.flag_wire == "yes_no" else "JSON true / false"
         out.append(f"| `{e.name}` | `{e.path}` | {e.key} | {flags} | `{e.fetch.path}` |")
     for e in ENDPOINTS.values():
-        out += ["", f"## `{e.name}` ({e.operation}, `{e.path}`)", "",
+        picked = (f"; `endpoint:{e.choice_name}` of /{e.operation}"
+                  if e.operation != "upscale" else "; the `Upscale` button")
+        out += ["", f"## `{e.name}` ({e.operation}, `{e.path}`{picked})", "",
                 "| option | sent as | rule | default |", "| --- | --- | --- | --- |"]
         for rule in e.rules.values():
             name = rule.option if rule.member_option else f"({rule.option})"
@@ -60,6 +62,10 @@ def render() -> str:
             out.append(f"| (fixed) | `{wire}` | | {str(shown).lower()} |")
         if e.schedulers:
             out += ["", "Schedulers: " + ", ".join(e.schedulers) + "."]
+        for rule in e.rules.values():
+            if rule.option != "scheduler" and rule.kind is ValueKind.CHOICE and rule.allowed \
+                    and len(rule.allowed) > 4:
+                out += ["", f"{rule.label.capitalize()}s: " + ", ".join(rule.allowed) + "."]
     out += ["", "Options in parentheses are set by the bot, not by members.", ""]
     return "\n".join(out)
 

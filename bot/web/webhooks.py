@@ -3,8 +3,8 @@
 The webhook route is on the public internet and ModelsLab signs nothing. So each job's
 webhook URL carries a per-job secret (stored hashed), checked before the body is even read;
 anything without it gets the same 404 as a path that does not exist, and changes nothing.
-Bodies are size-capped and validated, and output URLs are accepted only on the hosts the job
-was told to expect. The route answers at once; the work happens after.
+Bodies are size-capped and validated, and output URLs are accepted only on ModelsLab's output
+hosts (MODELSLAB_OUTPUT_HOSTS). The route answers at once; the work happens after.
 """
 
 from __future__ import annotations
@@ -19,17 +19,15 @@ from bot.jobs.engine import JobEngine
 from bot.jobs.models import Job, JobStatus
 from bot.logs import job_context
 from bot.modelslab.responses import ApiStatus, MalformedResponse, parse_response
-from bot.net import origin, read_capped
+from bot.net import DEFAULT_OUTPUT_HOSTS, OutputHosts, read_capped
 from bot.web.keys import ENGINE
 
 log = logging.getLogger(__name__)
 
 MAX_WEBHOOK_BYTES = 64 * 1024
-# ModelsLab's output hosts (its CDN buckets and its own domains), by domain suffix, https only.
-OUTPUT_HOST_SUFFIXES: tuple[str, ...] = (
-    "r2.dev", "cloudfront.net", "amazonaws.com", "modelslab.com", "modelslab.ai",
-    "stablediffusionapi.com",
-)
+# The suffixes of ModelsLab's default output hosts (the MODELSLAB_OUTPUT_HOSTS default).
+OUTPUT_HOST_SUFFIXES: tuple[str, ...] = tuple(
+    dict.fromkeys(p.removeprefix("*.") for p in DEFAULT_OUTPUT_HOSTS))
 
 
 def json_response(status: int, body: dict[str, object]) -> web.Response:
@@ -40,21 +38,11 @@ def _not_found() -> web.Response:
     return json_response(404, {"error": "not found"})
 
 
-def outputs_allowed(job: Job, urls: Iterable[str], api_base_url: str) -> bool:
-    """True when every URL is on a host this job's outputs may come from."""
-    expected = {origin(u) for u in (*job.future_links, *job.outputs, api_base_url)}
-    for url in urls:
-        where = origin(url)
-        if where is None:
-            return False
-        if where in expected:
-            continue
-        scheme, host, _ = where
-        if scheme == "https" and any(host == s or host.endswith("." + s)
-                                     for s in OUTPUT_HOST_SUFFIXES):
-            continue
-        return False
-    return True
+def outputs_allowed(urls: Iterable[str], hosts: OutputHosts | None = None) -> bool:
+    """True when every URL is on one of ModelsLab's output hosts (MODELSLAB_OUTPUT_HOSTS):
+    the same check the downloader makes of links from a fetch or from the submit's answer."""
+    allowed = hosts or OutputHosts()
+    return all(allowed.allows(url) for url in urls)
 
 
 async def modelslab_webhook(request: web.Request) -> web.Response:
@@ -104,16 +92,16 @@ async def _job_webhook(request: web.Request, engine: JobEngine, job: Job) -> web
     if response.status is ApiStatus.SUCCESS:
         if not response.output:
             return json_response(422, {"error": "success without outputs"})
-        if not outputs_allowed(job, response.output, engine.client.base_url):
-            if (job.status is JobStatus.SUBMITTED and job.request_id is None
-                    and not job.future_links and response.request_id):
-                # The submit's answer was lost, so nothing vouches for these links: the job
-                # takes ModelsLab's id from this (authenticated) webhook and fetches its
-                # outputs from the API itself. The links in the body are not used.
-                log.info("job %s: webhook for a submit whose answer was lost", track_id)
-                engine.metrics.webhook("accepted")
-                engine.adopt_request_id(track_id, response.request_id)
-                return json_response(202, {"ok": True})
+        if (job.status is JobStatus.SUBMITTED and job.request_id is None
+                and not job.future_links and response.request_id):
+            # The submit's answer was lost, so nothing vouches for these links: the job
+            # takes ModelsLab's id from this (authenticated) webhook and fetches its
+            # outputs from the API itself. The links in the body are not used.
+            log.info("job %s: webhook for a submit whose answer was lost", track_id)
+            engine.metrics.webhook("accepted")
+            engine.adopt_request_id(track_id, response.request_id)
+            return json_response(202, {"ok": True})
+        if not outputs_allowed(response.output, engine.downloader.output_hosts):
             log.warning("job %s: webhook outputs on unexpected hosts; refused", track_id)
             return json_response(422, {"error": "outputs on unexpected hosts"})
 

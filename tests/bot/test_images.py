@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import struct
+import threading
 import zlib
 from collections.abc import Callable
 
 import pytest
 from PIL import Image, ImageDraw, ImageFile, ImageOps
 
+from bot import images
 from bot.errors import UserFacingError
 from bot.images import (
     MAX_PIXELS,
@@ -17,10 +20,13 @@ from bot.images import (
     MAX_UPLOAD_BYTES,
     CheckedImage,
     ImageRejected,
+    PixelBudget,
     PreparedImage,
     check_declared_size,
     check_image,
+    check_image_async,
     prepare_init_image,
+    prepare_init_image_async,
     prepare_mask,
 )
 
@@ -515,3 +521,117 @@ def test_checked_image_is_frozen() -> None:
     assert isinstance(checked, CheckedImage)
     with pytest.raises(AttributeError):
         checked.width = 1  # type: ignore[misc]
+
+
+# --- decoding once, within memory -------------------------------------------------------------
+
+
+def one_clear_pixel(size: tuple[int, int]) -> Image.Image:
+    image = Image.new("RGBA", size, (30, 120, 200, 255))
+    image.putpixel((size[0] // 2, size[1] // 2), (0, 0, 0, 254))
+    return image
+
+
+@pytest.mark.parametrize("make", [
+    pytest.param(lambda: encode(Image.new("RGBA", (5000, 3000), (1, 2, 3, 255)), "PNG"),
+                 id="big-opaque-rgba-png"),
+    pytest.param(lambda: encode(one_clear_pixel((4500, 2300)), "PNG"), id="one-clear-pixel"),
+    pytest.param(lambda: encode(quadrants((4800, 3600)), "JPEG", quality=90), id="big-jpeg"),
+    pytest.param(lambda: with_orientation(quadrants((3000, 2000)), "JPEG", 6),
+                 id="rotated-jpeg"),
+    pytest.param(lambda: encode(Image.new("LA", (4200, 4200), (90, 255)), "PNG"),
+                 id="grey-alpha"),
+    pytest.param(lambda: encode(quadrants((2500, 2100)), "WEBP", quality=80), id="webp"),
+    pytest.param(lambda: encode(Image.new("P", (3000, 3000), 7), "PNG"), id="palette"),
+    pytest.param(lambda: encode(quadrants((800, 600)), "PNG"), id="small-sendable"),
+])
+def test_checking_and_preparing_in_one_decode_gives_the_same_image(make) -> None:
+    data = make()
+    checked = check_image(data, label="image", prepare=True)
+    alone = prepare_init_image(check_image(data, label="image"))
+    assert checked.prepared_for == 2048
+    assert prepare_init_image(checked) == alone  # the kept result, made by the same code
+    assert checked.prepared == alone
+    if alone is not None:
+        assert max(alone.size) == 2048
+        assert decode(alone.data).size == alone.size
+
+
+def test_a_single_translucent_pixel_keeps_the_alpha_after_reducing() -> None:
+    prepared = prepare_init_image(check_image(encode(one_clear_pixel((6000, 3000)), "PNG")))
+    assert prepared is not None and decode(prepared.data).mode == "RGBA"
+    opaque = prepare_init_image(check_image(encode(
+        Image.new("RGBA", (6000, 3000), (9, 9, 9, 255)), "PNG")))
+    assert opaque is not None and decode(opaque.data).mode == "RGB"
+
+
+async def test_image_work_runs_on_its_own_threads_not_the_default_executor() -> None:
+    checked = await check_image_async(encode(quadrants((3000, 2000)), "PNG"), prepare=True)
+    assert checked.prepared is not None
+    assert await prepare_init_image_async(checked) is checked.prepared
+    names = await images.run_image_work(10, lambda: threading.current_thread().name)
+    assert names.startswith("remixer-images")
+    assert images.DECODE_BUDGET.free == images.DECODE_BUDGET.total
+
+
+async def test_work_beyond_the_pixel_budget_waits_its_turn() -> None:
+    budget = PixelBudget(100)
+    first = await budget.acquire(60)
+    second = asyncio.create_task(budget.acquire(60))
+    small = asyncio.create_task(budget.acquire(10))  # first come, first served
+    huge = asyncio.create_task(budget.acquire(1_000))  # more than all: waits for all
+    await asyncio.sleep(0.01)
+    assert not second.done() and not small.done() and not huge.done()
+    budget.release(first)
+    weight = await asyncio.wait_for(second, 1)
+    assert weight == 60 and await asyncio.wait_for(small, 1) == 10
+    assert not huge.done()
+    budget.release(60)
+    budget.release(10)
+    assert await asyncio.wait_for(huge, 1) == 100
+    budget.release(100)
+    assert budget.free == 100
+
+
+async def test_a_cancelled_wait_gives_nothing_away() -> None:
+    budget = PixelBudget(100)
+    held = await budget.acquire(100)
+    waiting = asyncio.create_task(budget.acquire(50))
+    await asyncio.sleep(0.01)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    budget.release(held)
+    assert budget.free == 100
+
+
+async def test_the_budget_is_held_until_cancelled_work_really_ends() -> None:
+    release = threading.Event()
+    task = asyncio.create_task(images.run_image_work(
+        images.DECODE_BUDGET_PIXELS, lambda: release.wait(10)))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert images.DECODE_BUDGET.free == 0  # the thread still decodes: the pixels are in use
+    release.set()
+    for _ in range(200):
+        if images.DECODE_BUDGET.free == images.DECODE_BUDGET.total:
+            break
+        await asyncio.sleep(0.01)
+    assert images.DECODE_BUDGET.free == images.DECODE_BUDGET.total
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "L"])
+def test_a_large_mask_reduced_in_strips_keeps_its_edges(mode: str) -> None:
+    if mode == "RGBA":  # transparent = repaint
+        drawn = Image.new("RGBA", (6000, 4000), (0, 0, 0, 255))
+        ImageDraw.Draw(drawn).rectangle((0, 0, 2999, 3999), fill=(0, 0, 0, 0))
+    else:  # white = repaint
+        drawn = Image.new("L", (6000, 4000), 0)
+        ImageDraw.Draw(drawn).rectangle((0, 0, 2999, 3999), fill=255)
+    out, values = binary_values(prepare_mask(check_image(encode(drawn, "PNG"), label="mask"),
+                                             (1500, 1000)))
+    assert out.size == (1500, 1000) and values <= {0, 255}
+    assert out.getpixel((745, 500)) == 255 and out.getpixel((755, 500)) == 0
+    assert out.getpixel((10, 10)) == 255 and out.getpixel((1490, 990)) == 0

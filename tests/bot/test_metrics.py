@@ -21,7 +21,14 @@ from bot.servers import Servers
 from bot.settings import Settings
 from bot.web import WebServer, create_metrics_app
 from tests.fakes import png_bytes
-from tests.support.jobs import FAST, RecordingDelivery, RunningEngine, make_client, new_job
+from tests.support.jobs import (
+    FAST,
+    RecordingDelivery,
+    RunningEngine,
+    cdn_outputs,
+    make_client,
+    new_job,
+)
 
 
 @pytest.fixture
@@ -31,7 +38,8 @@ def running(tmp_path, fake, http, unused_tcp_port):
         client = make_client(http, fake.base_url, fake.api_key, fake.enterprise_key)
         client.metrics = metrics
         return RunningEngine(db_path=tmp_path / "bot.sqlite3", client=client, delivery=delivery,
-                             session=http, port=unused_tcp_port, metrics=metrics, **kw)
+                             session=http, port=unused_tcp_port, metrics=metrics,
+                             output_hosts=cdn_outputs(fake), **kw)
     return make
 
 

@@ -22,7 +22,14 @@ from bot.modelslab.payload import GenerationOptions
 from bot.servers import Servers
 from bot.settings import Settings
 from tests.bot.jobs.test_crash import eventually
-from tests.support.jobs import FileDelivery, RecordingDelivery, RunningEngine, make_client, new_job
+from tests.support.jobs import (
+    FileDelivery,
+    RecordingDelivery,
+    RunningEngine,
+    cdn_outputs,
+    make_client,
+    new_job,
+)
 from tests.support.processes import EngineProcess, engine_settings
 
 JOBS = 8
@@ -96,7 +103,7 @@ async def test_new_commands_are_refused_while_stopping(fake, http, tmp_path, unu
                                 requester=Requester(user_id=7, guild_id=1, channel_id=2))
     async with RunningEngine(db_path=tmp_path / "bot.sqlite3", client=client,
                              delivery=RecordingDelivery(), session=http,
-                             port=unused_tcp_port) as r:
+                             port=unused_tcp_port, output_hosts=cdn_outputs(fake)) as r:
         service = GenerationService(settings, r.engine, http, Servers(r.store, settings))
         r.engine.stop_accepting()  # what the services do first on SIGTERM
         with pytest.raises(UserFacingError, match="Remixer is restarting; try again in a"):

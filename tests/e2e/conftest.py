@@ -6,6 +6,7 @@ test works in its own channel so tests don't see each other's messages.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from dataclasses import dataclass
 
@@ -15,6 +16,7 @@ import pytest_asyncio
 
 from tests.e2e.harness import BotProcess, free_port
 from tests.fakes import FakeDiscord, FakeModelsLab, png_bytes
+from tests.support.jobs import cdn_host
 
 GUILD = 10
 ALICE, BOB, MOD = 1001, 1002, 1003
@@ -54,6 +56,9 @@ def bot_settings(discord_fake: FakeDiscord, modelslab: FakeModelsLab, tmp_path, 
         # Tests act faster than any member: the cooldown is tested on its own
         # (tests/abuse/test_server_rules.py), with the bot's defaults.
         "COOLDOWN_BURST": "0",
+        # The fakes live on loopback: outbound requests may go there, and outputs come from it.
+        "ALLOW_LOOPBACK_OUTBOUND": "1",
+        "MODELSLAB_OUTPUT_HOSTS": cdn_host(modelslab),
     }
     if enterprise:
         env["MODELSLAB_ENTERPRISE_API_KEY"] = modelslab.enterprise_key
@@ -61,13 +66,16 @@ def bot_settings(discord_fake: FakeDiscord, modelslab: FakeModelsLab, tmp_path, 
     return env
 
 
-async def start_world(tmp_path, **settings) -> tuple[World, object]:
+async def start_world(tmp_path, prepare=None, **settings) -> tuple[World, object]:
+    """``prepare(modelslab)``, when given, runs before the bot starts."""
     discord_fake = FakeDiscord()
     await discord_fake.start()
     modelslab = FakeModelsLab()
     await modelslab.start()
     modelslab.auto_complete_after = 0.3
     modelslab.eta = 0.3
+    if prepare is not None:
+        prepare(modelslab)
     discord_fake.add_guild(GUILD, "Remix Club", owner_id=ALICE)
     discord_fake.add_member(GUILD, ALICE, "alice")
     discord_fake.add_member(GUILD, BOB, "bob", permissions=discord.Permissions.none().value)
@@ -80,6 +88,13 @@ async def start_world(tmp_path, **settings) -> tuple[World, object]:
     except Exception:
         await bot.terminate()
         raise AssertionError("the bot never became ready:\n" + bot.log()[-4000:]) from None
+    # The bot reads ModelsLab's model lists in the background at start; let that happen
+    # before a test counts requests.
+    lists = 2 if settings.get("enterprise", True) else 1
+    for _ in range(200):
+        if len(modelslab.model_list_calls) >= lists:
+            break
+        await asyncio.sleep(0.05)
     world = World(discord_fake, modelslab, bot)
 
     async def stop() -> None:

@@ -82,7 +82,8 @@ async def test_img2img_on_each_endpoint_is_delivered(world, endpoint, path, key)
     for file in message["files"]:
         assert Image.open(io.BytesIO(file["data"])).format == "PNG"
         assert not file["filename"].startswith("SPOILER_")
-    assert buttons(message) == ["Remix 1", "Remix 2", "Edit region", "Re-roll", "Delete"]
+    assert buttons(message) == ["Remix 1", "Upscale 1", "Remix 2", "Upscale 2", "Edit region",
+                               "Re-roll", "Delete"]
     done = await status(ix, "Done")
     assert done["flags"] & 64  # the status stayed private
 
@@ -266,11 +267,12 @@ async def test_commands_are_registered_with_their_fixed_names(world):
     img2img = {o["name"]: o for o in commands["img2img"]["options"]}
     assert list(img2img) == ["image", "prompt", "negative_prompt", "strength", "endpoint",
                              "model", "width", "height", "samples", "steps", "guidance_scale",
-                             "scheduler", "seed", "clip_skip", "karras"]
+                             "scheduler", "seed", "clip_skip", "karras", "algorithm",
+                             "enhance_prompt", "lora", "lora_strength", "vae", "style"]
     assert [c["value"] for c in img2img["endpoint"]["choices"]] == [
         "v6", "enterprise", "enterprise_pony", "realtime"]
     assert img2img["image"]["type"] == 11 and img2img["image"]["required"]
     assert img2img["model"].get("autocomplete") and img2img["scheduler"].get("autocomplete")
     inpaint = [o["name"] for o in commands["inpaint"]["options"]]
-    assert inpaint[:3] == ["image", "prompt", "mask"] and "endpoint" not in inpaint
+    assert inpaint[:3] == ["image", "prompt", "mask"] and "endpoint" in inpaint
     assert not commands["inpaint"]["options"][2].get("required")  # without it: the painter

@@ -69,14 +69,14 @@ async def test_remix_of_a_remix(world):
         channel, ready_for(ALICE, "a lighthouse in a storm"), timeout=20)
     (sent,) = submits_with(world, "a lighthouse in a storm")
     assert same_image(world, sent.body["init_image"], second["files"][0])
-    assert buttons(third) == ["Remix", "Edit region", "Re-roll", "Delete"]
+    assert buttons(third) == ["Remix", "Upscale", "Edit region", "Re-roll", "Delete"]
 
 
 async def test_each_image_of_a_result_has_its_own_remix_button(world):
     channel = world.channel()
     result = await make_result(world, channel, "three cats", samples=3)
-    assert buttons(result) == ["Remix 1", "Remix 2", "Remix 3", "Edit region", "Re-roll",
-                              "Delete"]
+    assert buttons(result) == ["Remix 1", "Upscale 1", "Remix 2", "Upscale 2", "Remix 3",
+                               "Upscale 3", "Edit region", "Re-roll", "Delete"]
     click = await world.discord.click(ALICE, result, button(result, "Remix 3"))
     await click.response()
     await world.discord.submit_modal(ALICE, channel, click.modal["custom_id"],

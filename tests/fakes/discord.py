@@ -83,6 +83,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 API_PREFIX = "/api/v10"
+NONCE_WINDOW = 300.0  # seconds: how long Discord remembers an enforced nonce
 DISCORD_EPOCH_MS = 1420070400000
 
 
@@ -853,6 +854,9 @@ class FakeDiscord:
         self._by_token: dict[str, InteractionRecord] = {}
         self._failures: list[_Failure] = []
         self._holds: list[tuple[str, re.Pattern[str], float]] = []
+        self._lost_answers: list[list[Any]] = []  # [method, pattern, status, times, took_effect]
+        self._nonces: dict[tuple[int, int, str], tuple[float, int]] = {}
+        self.nonce_window = NONCE_WINDOW
         self._offset = 0.0
         self._last_id = 0
         self._url_secret = secrets.token_bytes(16)
@@ -1176,11 +1180,20 @@ class FakeDiscord:
         """Forget failures and holds not yet used: Discord is healthy again."""
         self._failures.clear()
         self._holds.clear()
+        self._lost_answers.clear()
 
     def hold_next(self, method: str, path_regex: str, seconds: float) -> None:
         """The next matching request takes effect (a message is posted), but its answer is
         held back ``seconds``: time for a test to kill the bot mid-request."""
         self._holds.append((method.upper(), re.compile(path_regex), seconds))
+
+    def lose_answer_next(self, method: str, path_regex: str, status: int = 500,
+                         times: int = 1) -> None:
+        """The next matching request that succeeds takes effect (a message is posted), but
+        its answer is ``status`` instead, as when Discord fails after writing; the following
+        ``times - 1`` matching requests answer ``status`` without taking effect (a client's
+        retries of the same request)."""
+        self._lost_answers.append([method.upper(), re.compile(path_regex), status, times, False])
 
     def expire(self, ix: InteractionRecord) -> None:
         """The interaction token stops working: webhook calls get 401 50027."""
@@ -1607,8 +1620,11 @@ class FakeDiscord:
                      "content_type": u.content_type}
                     for u in uploads.values()
                 ]
-            failure = self._take_failure(request.method, path)
-            if failure is not None:
+            lost = self._lost_answer(request.method, path)
+            failure = self._take_failure(request.method, path) if lost is None else None
+            if lost is not None and lost[4]:
+                status, body = lost[2], {"message": f"{lost[2]}: injected failure", "code": 0}
+            elif failure is not None:
                 status, body, headers = failure
             elif not api:
                 return self._serve_static(request, call)
@@ -1616,6 +1632,10 @@ class FakeDiscord:
                 req = _Request(request.method, path, request.query, request.headers, {},
                                body_json, uploads)
                 status, body = await self._route(req)
+                if lost is not None and 200 <= status < 300:
+                    lost[4] = True  # it took effect; the client hears a failure
+                    status, body = lost[2], {"message": f"{lost[2]}: injected failure",
+                                             "code": 0}
         except DiscordError as exc:
             status, body, headers = exc.status, exc.body(), exc.headers
         except Exception as exc:
@@ -1663,6 +1683,40 @@ class FakeDiscord:
             except ValueError as exc:
                 raise DiscordError(400, 50109, "The request body contains invalid JSON.") from exc
         return None, {}
+
+    def _lost_answer(self, method: str, path: str) -> list[Any] | None:
+        for lost in self._lost_answers:
+            if lost[0] not in ("*", method) or not lost[1].search(path):
+                continue
+            if not lost[4]:
+                return lost
+            if lost[3] > 1:
+                lost[3] -= 1
+                return lost
+            self._lost_answers.remove(lost)
+        return None
+
+    def _check_nonce(self, channel_id: int, author_id: int,
+                     payload: dict[str, Any]) -> dict[str, Any] | None:
+        """Discord's ``nonce`` + ``enforce_nonce``: the same nonce from the same author in the
+        same channel within a few minutes returns the message already created."""
+        nonce = payload.get("nonce")
+        if nonce is None:
+            return None
+        if not isinstance(nonce, str | int) or len(str(nonce)) > 25:
+            raise _form_error(["nonce"], "BASE_TYPE_MAX_LENGTH", "Must be 25 or fewer in length.")
+        if not payload.get("enforce_nonce"):
+            return None
+        seen = self._nonces.get((channel_id, author_id, str(nonce)))
+        if seen is not None and time.monotonic() - seen[0] <= self.nonce_window:
+            return self._messages.get(seen[1])
+        return None
+
+    def _remember_nonce(self, channel_id: int, author_id: int, payload: dict[str, Any],
+                        message: dict[str, Any]) -> None:
+        if payload.get("nonce") is not None and payload.get("enforce_nonce"):
+            self._nonces[(channel_id, author_id, str(payload["nonce"]))] = (
+                time.monotonic(), int(message["id"]))
 
     def _take_failure(self, method: str, path: str) -> tuple[int, Any, dict[str, str]] | None:
         for failure in self._failures:
@@ -2380,6 +2434,10 @@ class FakeDiscord:
         if not rec.acknowledged or rec.response_type in (CB_AUTOCOMPLETE, CB_MODAL):
             rec.refusals.append((req.method, req.path, 404, 10015))
             raise DiscordError(404, 10015, "Unknown Webhook")
+        channel = self._channels.get(rec.channel_id)
+        if channel is not None and channel.guild_id not in self._guilds:
+            rec.refusals.append((req.method, req.path, 404, 10003))
+            raise DiscordError(404, 10003, "Unknown Channel")  # the bot left the server
         return rec
 
     def _webhook_message(self, rec: InteractionRecord, mid: str) -> dict[str, Any]:
@@ -2506,6 +2564,10 @@ class FakeDiscord:
             raise DiscordError(403, 50007, "Cannot send messages to this user")
         payload = req.json if isinstance(req.json, dict) else {}
         channel_id = int(req.params["cid"])
+        self._validate_message(payload, req.uploads)
+        existing = self._check_nonce(channel_id, self.bot_user_id, payload)
+        if existing is not None:
+            return 200, self._public(existing)
         built = self._build_attachments(channel_id, payload, req.uploads, None, ephemeral=False)
         attachments, files = built if built is not None else ([], [])
         message = {"id": str(self._snowflake()), "type": MT_DEFAULT,
@@ -2515,7 +2577,12 @@ class FakeDiscord:
                    "mention_everyone": False, "pinned": False, "tts": False,
                    "timestamp": self._iso(), "edited_timestamp": None, "flags": 0,
                    "components": [], "files": files, "deleted": False}
+        if payload.get("nonce") is not None:
+            message["nonce"] = payload["nonce"]
+        self._messages[int(message["id"])] = message
+        self._remember_nonce(channel_id, self.bot_user_id, payload, message)
         self.direct_messages.setdefault(user_id, []).append(message)
+        self._notify()
         return 200, self._public(message)
 
     def _r_create_message(self, req: _Request) -> tuple[int, Any]:
@@ -2533,7 +2600,11 @@ class FakeDiscord:
         payload = req.json if isinstance(req.json, dict) else {}
         if payload.get("flags") and int(payload["flags"]) & MessageFlag.EPHEMERAL:
             raise _form_error(["flags"], "MESSAGE_FLAGS_INVALID", "Invalid flags")
+        existing = self._check_nonce(channel.id, self.bot_user_id, payload)
+        if existing is not None:
+            return 200, self._public(existing)
         message = self._new_message(channel, self.bot_user, payload, req.uploads)
+        self._remember_nonce(channel.id, self.bot_user_id, payload, message)
         return 200, self._public(message)
 
     def _channel_message(self, req: _Request) -> tuple[FakeChannel, dict[str, Any]]:
@@ -3424,6 +3495,12 @@ def _check_modal(data: dict[str, Any]) -> None:
                     raise _form_error(path, "BASE_TYPE_BAD_INT", "max_length out of range")
                 if len(item.get("value") or "") > 4000:
                     raise _form_error(path, "BASE_TYPE_MAX_LENGTH", "value too long")
+                if len(item.get("value") or "") > (item.get("max_length") or 4000):
+                    raise _form_error(path, "BASE_TYPE_MAX_LENGTH",
+                                      "value is longer than the input's max_length")
+                if len(item.get("placeholder") or "") > 100:
+                    raise _form_error(path, "BASE_TYPE_MAX_LENGTH",
+                                      "placeholder must be 100 or fewer in length.")
 
 
 def _submitted_field(

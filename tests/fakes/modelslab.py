@@ -43,6 +43,7 @@ from .images import png_for
 
 __all__ = [
     "ENDPOINTS",
+    "MODEL_LIST_PATHS",
     "PONY_SCHEDULERS",
     "SCHEDULERS",
     "EndpointSpec",
@@ -54,6 +55,7 @@ __all__ = [
     "WebhookDelivery",
     "check_body",
     "check_field",
+    "default_models",
     "example_body",
 ]
 
@@ -104,6 +106,15 @@ PONY_SCHEDULERS: tuple[str, ...] = (
 
 SAFETY_CHECKER_TYPES: tuple[str, ...] = ("sensitive_content_text", "blur", "pixelate", "black")
 
+UPSCALER_MODELS: tuple[str, ...] = (
+    "RealESRGAN_x4plus",
+    "RealESRGAN_x4plus_anime_6B",
+    "RealESRGAN_x2plus",
+    "realesr-general-x4v3",
+    "ultra_resolution",
+)
+"""Super resolution's documented ``model_id`` values."""
+
 _INT_STRING = re.compile(r"-?\d+")
 _NUMBER_STRING = re.compile(r"-?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?")
 
@@ -133,7 +144,7 @@ class EndpointSpec:
     name: str
     path: str
     key_family: str  # "standard" | "enterprise"
-    fetch_family: str  # "community" | "enterprise" | "realtime"
+    fetch_family: str  # "community" | "enterprise" | "realtime" | "image_editing"
     fields: Mapping[str, FieldRule]
 
 
@@ -162,9 +173,11 @@ _V6: dict[str, FieldRule] = {
     "num_inference_steps": FieldRule("int", lo=20, hi=50),
     "scheduler": FieldRule("choice", allowed=SCHEDULERS),
     "use_karras_sigmas": FieldRule("yesno"),
-    "algorithm_type": FieldRule("string"),
+    "algorithm_type": FieldRule("string"),  # the pages disagree on its values
     "clip_skip": FieldRule("int", lo=1, hi=4),
     "safety_checker": FieldRule("yesno"),
+    # the generic v6 pages document it with the default "yes" (ModelsLab rewrites the prompt)
+    "enhance_prompt": FieldRule("yesno"),
 }
 
 _INPAINT: dict[str, FieldRule] = {
@@ -198,8 +211,13 @@ _ENTERPRISE_PONY: dict[str, FieldRule] = {
     "scheduler": FieldRule("choice", allowed=PONY_SCHEDULERS),
 }
 
+_ENTERPRISE_INPAINT: dict[str, FieldRule] = {
+    **_ENTERPRISE,
+    "mask_image": FieldRule("url", required=True),
+}
+
 _REALTIME: dict[str, FieldRule] = {
-    **_COMMON,
+    **{k: v for k, v in _COMMON.items() if k != "guidance_scale"},  # not documented there
     "width": _size(256, 1024),
     "height": _size(256, 1024),
     "safety_checker": FieldRule("bool"),
@@ -207,6 +225,16 @@ _REALTIME: dict[str, FieldRule] = {
     "instant_response": FieldRule("bool"),
     "enhance_prompt": FieldRule("bool"),
     "enhance_style": FieldRule("string"),
+}
+
+_SUPER_RESOLUTION: dict[str, FieldRule] = {
+    "key": FieldRule("string", required=True),
+    "init_image": FieldRule("url", required=True),
+    "scale": FieldRule("number", lo=1, hi=4),
+    "model_id": FieldRule("choice", allowed=UPSCALER_MODELS),
+    "face_enhance": FieldRule("bool"),
+    "webhook": FieldRule("url", nullable=True),
+    "track_id": FieldRule("string", nullable=True),
 }
 
 ENDPOINTS: dict[str, EndpointSpec] = {
@@ -231,10 +259,30 @@ ENDPOINTS: dict[str, EndpointSpec] = {
             "realtime",
             _REALTIME,
         ),
+        EndpointSpec(
+            "enterprise_inpaint",
+            "/api/v1/enterprise/inpaint",
+            "enterprise",
+            "enterprise",
+            _ENTERPRISE_INPAINT,
+        ),
+        EndpointSpec(
+            "super_resolution",
+            "/api/v6/image_editing/super_resolution",
+            "standard",
+            "image_editing",
+            _SUPER_RESOLUTION,
+        ),
     )
 }
-"""The five submit endpoints by name ("v6", "inpaint", "enterprise", "enterprise_pony",
-"realtime")."""
+"""The submit endpoints by name ("v6", "inpaint", "enterprise", "enterprise_pony",
+"realtime", "enterprise_inpaint", "super_resolution")."""
+
+MODEL_LIST_PATHS = {
+    "/api/v4/dreambooth/model_list": "standard",
+    "/api/v1/enterprise/get_all_models": "enterprise",
+}
+"""The model list routes and the key each takes."""
 
 _SUBMIT_PATHS = {spec.path: spec.name for spec in ENDPOINTS.values()}
 
@@ -245,12 +293,14 @@ _FETCH_ROUTES: tuple[tuple[re.Pattern[str], str, bool], ...] = (
     (re.compile(r"/api/v1/enterprise/realtime/fetch/(?P<id>[^/]+)"), "realtime", True),
     (re.compile(r"/api/v1/enterprise/fetch/(?P<id>[^/]+)"), "enterprise", True),
     (re.compile(r"/api/v1/enterprise/fetch"), "enterprise", False),
+    (re.compile(r"/api/v6/image_editing/fetch/(?P<id>[^/]+)"), "image_editing", True),
 )
 
 _FETCH_RESULT_PATHS = {
     "community": "/api/v6/images/fetch/{id}",
     "enterprise": "/api/v1/enterprise/fetch/{id}",
     "realtime": "/api/v1/enterprise/realtime/fetch/{id}",
+    "image_editing": "/api/v6/image_editing/fetch/{id}",
 }
 
 
@@ -472,6 +522,7 @@ class _Script:
     data: bytes
     content_type: str
     times: int
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -555,6 +606,11 @@ class FakeModelsLab:
         self.generation_time: float = 1.23
         self.image_size: int = 64
         self.image_noise: bool = False  # outputs of random pixels (they don't compress)
+        # what the model list routes answer (model ids, in order); edit freely
+        self.models: list[str] = default_models("")
+        self.enterprise_models: list[str] = default_models("enterprise-")
+        # LoRA records, listed after the models on both routes (model_category "lora")
+        self.loras: list[str] = ["more_details", "add-detail-xl", "epi-noise-offset"]
 
         # recordings
         self.requests: list[RecordedRequest] = []
@@ -568,9 +624,15 @@ class FakeModelsLab:
         # internals
         self._next_id = first_id
         self._rng = random.Random(rng_seed)
-        self._scripts: dict[str, deque[_Script]] = {"submit": deque(), "fetch": deque()}
-        self._transforms: dict[str, deque[_Transform]] = {"submit": deque(), "fetch": deque()}
-        self._hangs: dict[str, deque[float]] = {"submit": deque(), "fetch": deque(), "cdn": deque()}
+        self._scripts: dict[str, deque[_Script]] = {
+            "submit": deque(), "fetch": deque(), "models": deque()
+        }
+        self._transforms: dict[str, deque[_Transform]] = {
+            "submit": deque(), "fetch": deque(), "models": deque()
+        }
+        self._hangs: dict[str, deque[float]] = {
+            "submit": deque(), "fetch": deque(), "cdn": deque(), "models": deque()
+        }
         self._fail_next: deque[str] = deque()
         self._lost_answers: dict[str, int] = {"submit": 0, "fetch": 0}
         self._lost_status = 504
@@ -700,9 +762,11 @@ class FakeModelsLab:
         *,
         content_type: str = "application/json",
         times: int = 1,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         """Queue a canned answer: the next ``times`` requests of ``kind`` ("submit"/"fetch")
-        get exactly this status, body and Content-Type instead of the normal behaviour.
+        get exactly this status, body and Content-Type (and any extra ``headers``, e.g. a
+        redirect's Location) instead of the normal behaviour.
 
         dict/list bodies are JSON-encoded; str is sent as UTF-8; bytes are sent as they are
         (e.g. malformed JSON). Scripted requests are recorded (``scripted=True``), create no job
@@ -717,7 +781,7 @@ class FakeModelsLab:
             data = body.encode("utf-8")
         else:
             data = _json_bytes(body)
-        self._scripts[kind].append(_Script(status, data, content_type, times))
+        self._scripts[kind].append(_Script(status, data, content_type, times, dict(headers or {})))
 
     def transform_next(self, kind: str, fn: Callable[[Any], Any], *, times: int = 1) -> None:
         """The next ``times`` normal JSON answers of ``kind`` are passed through ``fn`` (which
@@ -804,6 +868,11 @@ class FakeModelsLab:
             for r in self.requests
             if r.kind == "submit" and not r.accepted and not r.scripted and r.response
         ]
+
+    @property
+    def model_list_calls(self) -> list[RecordedRequest]:
+        """Every request to a model list route, in order."""
+        return [r for r in self.requests if r.kind == "models"]
 
     @property
     def fetches(self) -> list[RecordedRequest]:
@@ -921,13 +990,15 @@ class FakeModelsLab:
             rec.scripted = True
             if kind == "submit" and endpoint is not None:
                 rec.errors = self._would_refuse(request, raw, endpoint)
-            return self._send(rec, entry.status, entry.data, entry.content_type)
+            return self._send(rec, entry.status, entry.data, entry.content_type, entry.headers)
 
         try:
             if kind == "submit" and endpoint is not None:
                 status, body = self._submit(rec, request, raw, endpoint)
             elif kind == "fetch" and family is not None:
                 status, body = self._fetch(rec, request, raw, family, path_id)
+            elif kind == "models":
+                status, body = self._model_list(rec, request, raw)
             else:
                 status, body = 404, {"status": "error", "message": "Not found"}
         except _Answer as answer:
@@ -950,16 +1021,69 @@ class FakeModelsLab:
         return self._send(rec, status, _json_bytes(body), "application/json")
 
     def _send(
-        self, rec: RecordedRequest, status: int, data: bytes, content_type: str
+        self,
+        rec: RecordedRequest,
+        status: int,
+        data: bytes,
+        content_type: str,
+        headers: Mapping[str, str] | None = None,
     ) -> web.Response:
         rec.response = RecordedResponse(status, _shown(data), content_type, data)
-        return web.Response(status=status, body=data, headers={"Content-Type": content_type})
+        return web.Response(
+            status=status, body=data, headers={**(headers or {}), "Content-Type": content_type}
+        )
+
+    def _model_list(
+        self, rec: RecordedRequest, request: web.Request, raw: bytes
+    ) -> tuple[int, Any]:
+        """The documented model lists: v4 answers a JSON list of model records; enterprise
+        answers ``{"status": "success", "message": [records]}``."""
+        family = MODEL_LIST_PATHS[request.path]
+        body = self._read_json_object(request, raw)
+        self._check_key(body, family)
+        extra = [name for name in body if name != "key"]
+        if extra:
+            errors = {name: [f"The {_label(name)} field is not accepted."] for name in extra}
+            raise _Answer(200, {"status": "error", "message": errors}, errors)
+        rec.accepted = True
+        if family == "standard":
+            return 200, [
+                {
+                    "model_id": model_id,
+                    "status": "model_ready",
+                    "created_at": "2024-01-01T00:00:00.000000Z",
+                    "instance_prompt": None,
+                    "api_calls": str(1000 + n),
+                    "model_category": category,
+                    "model_name": model_id.replace("-", " ").title(),
+                    "is_nsfw": "0",
+                    "featured": "no",
+                    "description": "",
+                    "screenshots": "",
+                }
+                for n, (model_id, category) in enumerate(
+                    [(m, "stable_diffusion_xl") for m in self.models]
+                    + [(m, "lora") for m in self.loras]
+                )
+            ]
+        return 200, {
+            "status": "success",
+            "message": [
+                {"model_id": model_id, "model_category": category,
+                 "loaded_at": "2024-01-01 00:00:00"}
+                for model_id, category in [(m, "stable_diffusion") for m in
+                                           self.enterprise_models]
+                + [(m, "lora") for m in self.loras]
+            ],
+        }
 
     @staticmethod
     def _route(path: str) -> tuple[str, str | None, str | None, str | None]:
         """(kind, submit endpoint, fetch family, id from the path) for an API path."""
         if path in _SUBMIT_PATHS:
             return "submit", _SUBMIT_PATHS[path], None, None
+        if path in MODEL_LIST_PATHS:
+            return "models", None, None, None
         for pattern, family, has_id in _FETCH_ROUTES:
             match = pattern.fullmatch(path)
             if match:
@@ -1085,7 +1209,9 @@ class FakeModelsLab:
         path_id: str | None,
     ) -> tuple[int, dict[str, Any]]:
         body = self._read_json_object(request, raw)
-        self._check_key(body, "standard" if family == "community" else "enterprise")
+        self._check_key(
+            body, "standard" if family in ("community", "image_editing") else "enterprise"
+        )
         errors: dict[str, list[str]] = {}
         for name in body:
             if name not in ("key", "request_id"):
@@ -1229,8 +1355,17 @@ class FakeModelsLab:
             await asyncio.wait_for(self._closing.wait(), seconds)
 
     def _check_kind(self, kind: str) -> None:
-        if kind not in ("submit", "fetch"):
-            raise ValueError(f'kind must be "submit" or "fetch", not {kind!r}')
+        if kind not in ("submit", "fetch", "models"):
+            raise ValueError(f'kind must be "submit", "fetch" or "models", not {kind!r}')
+
+
+def default_models(prefix: str, count: int = 500) -> list[str]:
+    """``count`` model ids: a few well-known ones, then ``{prefix}community-model-NNN``."""
+    known = ["pony_realism", "anything-v5", "realistic-vision-v51", "dreamshaper-8",
+             "juggernaut-xl-v9", "ponyxl-v6"]
+    names = [prefix + name for name in known]
+    names += [f"{prefix}community-model-{n:03d}" for n in range(count - len(names))]
+    return names
 
 
 def example_body(
@@ -1243,9 +1378,12 @@ def example_body(
         "prompt": "a red fox in the snow",
         "init_image": "https://example.com/in.png",
     }
-    if endpoint != "realtime":
+    if endpoint == "super_resolution":
+        body.pop("prompt")
+        body["model_id"] = "RealESRGAN_x4plus"
+    elif endpoint != "realtime":
         body["model_id"] = "pony_realism"
-    if endpoint == "inpaint":
+    if endpoint in ("inpaint", "enterprise_inpaint"):
         body["mask_image"] = "https://example.com/mask.png"
     body.update(overrides)
     return body

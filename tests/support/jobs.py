@@ -8,6 +8,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 from pydantic import SecretStr
@@ -19,6 +20,7 @@ from bot.jobs.store import JobStore
 from bot.modelslab.catalogue import ENDPOINTS
 from bot.modelslab.client import ModelsLabClient
 from bot.modelslab.payload import GenerationOptions, SourceImage, build_payload
+from bot.net import OutputHosts
 from bot.web import WebServer, create_app
 from bot.web.health import RateLimit
 
@@ -26,6 +28,19 @@ FAST = EnginePolicy(max_concurrency=5, webhook_grace=0.5, first_poll=0.05, poll_
                     max_poll_interval=0.3, unknown_outcome_wait=1.0, not_sent_retry=0.1,
                     delivery_retry=0.05, sweep_interval=0.5, tick=0.05)
 UNLIMITED = RateLimit(per_client=1e9, per_client_burst=1e9, overall=1e9, overall_burst=1e9)
+# The fake ModelsLab's CDN lives on loopback: outputs are accepted from there (any port), or,
+# better, from exactly the fake's CDN (so another loopback server stands for "elsewhere").
+LOOPBACK_OUTPUTS = OutputHosts(("127.0.0.1",))
+
+
+def cdn_host(fake) -> str:
+    """The fake's CDN as an output-host entry (``127.0.0.1:PORT``), for MODELSLAB_OUTPUT_HOSTS."""
+    return urlsplit(fake.cdn_url).netloc
+
+
+def cdn_outputs(fake) -> OutputHosts:
+    return OutputHosts.parse(cdn_host(fake))
+
 FAST_DOWNLOADS = DownloadPolicy(not_found_window=1.5, first_retry_delay=0.05,
                                 max_retry_delay=0.2, timeout=5)
 
@@ -124,16 +139,18 @@ class RunningEngine:
     def __init__(self, *, db_path: Path, client: ModelsLabClient, delivery,
                  session: aiohttp.ClientSession, port: int, webhooks: bool = True,
                  policy: EnginePolicy = FAST, downloads: DownloadPolicy = FAST_DOWNLOADS,
-                 metrics=None):
+                 metrics=None, output_hosts: OutputHosts = LOOPBACK_OUTPUTS):
         self.db_path, self.client, self.delivery, self.session = db_path, client, delivery, session
         self.metrics = metrics
+        self.output_hosts = output_hosts
         self.port, self.webhooks, self.policy, self.downloads = port, webhooks, policy, downloads
         self.base_url = f"http://127.0.0.1:{port}"
 
     async def __aenter__(self) -> RunningEngine:
         self.store = await JobStore.open(self.db_path)
         self.engine = JobEngine(self.store, self.client, self.delivery,
-                                OutputDownloader(self.session, self.downloads),
+                                OutputDownloader(self.session, self.downloads,
+                                                 output_hosts=self.output_hosts),
                                 policy=self.policy,
                                 public_base_url=self.base_url if self.webhooks else None,
                                 metrics=self.metrics)

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import aiohttp
 
+from tests.support.jobs import cdn_host
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -31,6 +33,7 @@ def engine_settings(fake, workdir: Path, port: int, **extra: str) -> dict[str, s
             "MODELSLAB_BASE_URL": fake.base_url, "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
             "WEB_HOST": "127.0.0.1", "WEB_PORT": str(port), "METRICS_PORT": str(_free_port()),
             "DATABASE_PATH": str(workdir / "bot.sqlite3"),
+            "ALLOW_LOOPBACK_OUTBOUND": "1", "MODELSLAB_OUTPUT_HOSTS": cdn_host(fake),
             "DELIVERIES_FILE": str(workdir / "deliveries.jsonl"),
             "PYTHONPATH": str(ROOT), **extra}
 

@@ -10,11 +10,13 @@ from pydantic import SecretStr
 from bot.errors import OptionError
 from bot.modelslab.catalogue import ENDPOINTS
 from bot.modelslab.client import (
+    FetchRedirected,
     MissingKey,
     ModelsLabClient,
     NotSent,
     OutcomeUnknown,
     RateLimited,
+    Redirected,
     Rejected,
 )
 from bot.modelslab.payload import GenerationOptions, SourceImage, build_payload
@@ -29,11 +31,12 @@ def image(fake, size=(1024, 768)) -> SourceImage:
 
 
 def body_for(fake, name: str, **options) -> dict:
+    prompt = options.pop("prompt", None if name == "upscale" else "a lighthouse at dusk")
     return build_payload(
         ENDPOINTS[name],
-        GenerationOptions(prompt=options.pop("prompt", "a lighthouse at dusk"), **options),
+        GenerationOptions(prompt=prompt, **options),
         image=image(fake),
-        mask=image(fake) if name == "inpaint" else None,
+        mask=image(fake) if ENDPOINTS[name].takes("mask") else None,
         default_model="pony_realism",
         track_id="trk-" + name,
     )
@@ -48,9 +51,15 @@ RICH_OPTIONS = {
     "enterprise": dict(strength=0.2, width=1024, height=256, steps=41, clip_skip=8,
                        scheduler="KarrasVeScheduler", karras=True),
     "enterprise_pony": dict(steps=31, scheduler="EulerAncestralDiscreteScheduler", samples=3),
-    "realtime": dict(width=256, height=1024, samples=4, strength=0.9, guidance_scale=20,
-                     seed=4294967295),
+    "realtime": dict(width=256, height=1024, samples=4, strength=0.9, seed=4294967295,
+                     style="pixel-art", enhance_prompt=True),
+    "enterprise_inpaint": dict(steps=31, width=768, height=512, lora="more_details",
+                               lora_strength=0.6, vae="sdxl-vae", enhance_prompt=False),
+    "upscale": dict(scale=2, upscaler="RealESRGAN_x2plus", face_enhance=True),
 }
+RICH_OPTIONS["v6"].update(algorithm="sde-dpmsolver++", enhance_prompt=True)
+RICH_OPTIONS["inpaint"].update(algorithm="none")
+RICH_OPTIONS["enterprise"].update(lora="more_details", lora_strength=1, vae="sdxl-vae")
 
 
 @pytest.mark.parametrize("name", list(ENDPOINTS))
@@ -62,8 +71,7 @@ async def test_each_endpoint_payload_is_accepted_exactly_as_built(fake, client, 
     assert fake.rejections == []
     (sent,) = fake.submits
     assert sent.path == ENDPOINTS[name].path
-    expected_key = fake.enterprise_key if name in ("enterprise", "enterprise_pony",
-                                                   "realtime") else fake.api_key
+    expected_key = fake.enterprise_key if ENDPOINTS[name].key == "enterprise" else fake.api_key
     assert sent.body == {"key": expected_key, **body, "webhook": "https://bot.example/hook/x"}
     assert response.status is ApiStatus.PROCESSING
     assert response.request_id == str(sent.response.body["id"])
@@ -265,3 +273,120 @@ async def test_a_fetch_result_url_that_could_be_read_two_ways_gets_no_key(fake, 
     answer = await client.fetch(ENDPOINTS["v6"], submitted.request_id, fetch_url=tricky)
     assert answer.status is ApiStatus.PROCESSING
     assert fake.fetches[-1].path == f"/api/v6/images/fetch/{submitted.request_id}"
+
+
+# --- protocol details from ModelsLab's documentation -----------------------------------------
+
+@pytest.mark.parametrize(("status", "message"), [
+    (500, "Internal server error. Please try again."),
+    (503, "Service temporarily unavailable. Please try again later."),
+])
+async def test_a_documented_try_again_answer_without_a_job_is_safe_to_send_again(
+        fake, client, status, message):
+    fake.script("submit", status, {"status": "error", "message": message})
+    with pytest.raises(NotSent) as caught:  # the job layer submits it again, with backoff
+        await client.submit(ENDPOINTS["v6"], body_for(fake, "v6"))
+    assert message in str(caught.value)
+
+
+@pytest.mark.parametrize("body", [
+    # names a job: it may have been taken
+    {"status": "error", "message": "Please try again.", "id": 77},
+    {"status": "error", "message": "Please try again later.",
+     "fetch_result": "https://modelslab.com/api/v6/images/fetch/77"},
+    {"status": "error", "message": "Please try again.", "future_links": ["https://x/1.png"]},
+    {"status": "processing", "message": "Please try again.", "id": 77},
+])
+async def test_a_5xx_that_may_have_taken_the_job_is_never_sent_twice(fake, client, body):
+    fake.script("submit", 503, body)
+    with pytest.raises((OutcomeUnknown, Rejected)) as caught:
+        await client.submit(ENDPOINTS["v6"], body_for(fake, "v6"))
+    assert not isinstance(caught.value, NotSent)
+
+
+async def test_a_5xx_error_without_try_again_keeps_todays_rule(fake, client):
+    fake.script("submit", 503, {"status": "error", "message": "Service busy"})
+    with pytest.raises(Rejected):
+        await client.submit(ENDPOINTS["v6"], body_for(fake, "v6"))
+
+
+async def test_same_host_fetch_result_carries_request_id_in_the_body(fake, client):
+    submitted = await client.submit(ENDPOINTS["enterprise"], body_for(fake, "enterprise"))
+    await client.fetch(ENDPOINTS["enterprise"], submitted.request_id,
+                       fetch_url=submitted.fetch_result)
+    sent = fake.fetches[-1]
+    assert sent.path == f"/api/v1/enterprise/fetch/{submitted.request_id}"
+    assert sent.body == {"key": fake.enterprise_key, "request_id": submitted.request_id}
+    assert sent.accepted
+
+
+async def test_a_processing_answer_without_an_id_is_fetched_through_fetch_result(fake, client):
+    submitted = await client.submit(ENDPOINTS["v6"], body_for(fake, "v6"))
+    await fake.complete(submitted.request_id)
+    done = await client.fetch(ENDPOINTS["v6"], None, fetch_url=submitted.fetch_result)
+    assert done.succeeded
+    assert fake.fetches[-1].body == {"key": fake.api_key}
+    with pytest.raises(OutcomeUnknown):  # no id and no usable URL: nothing to ask
+        await client.fetch(ENDPOINTS["v6"], None, fetch_url="https://elsewhere.example/f/1")
+
+
+@pytest.mark.parametrize(("headers", "body", "wait"), [
+    ({"X-RateLimit-Reset": "45"}, {"status": "error", "message": "Too many"}, 45),
+    ({"X-RateLimit-Reset": "45", "Retry-After": "10"}, {"status": "error", "message": "x",
+                                                          "retry_after": 5}, 45),
+    ({"Retry-After": "50", "X-RateLimit-Reset": "3"}, {"status": "error", "message": "x"}, 50),
+    ({"X-RateLimit-Reset": "20"}, "<html>slow down</html>", 20),
+])
+async def test_429_honours_x_ratelimit_reset(fake, client, headers, body, wait):
+    fake.script("submit", 429, body, headers=headers,
+                content_type="text/html" if isinstance(body, str) else "application/json")
+    with pytest.raises(RateLimited) as caught:
+        await client.submit(ENDPOINTS["v6"], body_for(fake, "v6"))
+    assert caught.value.retry_after == wait
+
+
+async def test_429_reset_as_an_epoch_second_is_turned_into_a_wait(fake, client):
+    import time
+    fake.script("submit", 429, {"status": "error", "message": "x"},
+                headers={"X-RateLimit-Reset": str(int(time.time()) + 120)})
+    with pytest.raises(RateLimited) as caught:
+        await client.submit(ENDPOINTS["v6"], body_for(fake, "v6"))
+    assert 100 <= caught.value.retry_after <= 121
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+async def test_a_redirected_submit_or_fetch_sends_the_key_nowhere_else(fake, client, status,
+                                                                       unused_tcp_port):
+    """No request carrying a key follows a redirect: a 307/308 would re-send the body (key and
+    webhook URL) to wherever it points. The redirect is an error in words."""
+    seen: list[web.Request] = []
+
+    async def record(request: web.Request) -> web.Response:
+        seen.append(request)
+        return web.json_response({"status": "success", "id": 1, "output": ["https://x/1.png"]})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", record)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", unused_tcp_port).start()
+    elsewhere = f"http://127.0.0.1:{unused_tcp_port}"
+    try:
+        fake.script("submit", status, {"status": "moved"},
+                    headers={"Location": elsewhere + "/api/v6/images/img2img"})
+        with pytest.raises(Redirected) as submit_error:
+            await client.submit(ENDPOINTS["v6"], body_for(fake, "v6"),
+                                webhook="https://bot.example.org/webhooks/x/secret")
+        fake.script("fetch", status, "", headers={"Location": elsewhere + "/fetch/1"})
+        with pytest.raises(FetchRedirected) as fetch_error:
+            await client.fetch(ENDPOINTS["v6"], "1")
+    finally:
+        await runner.cleanup()
+    assert seen == []
+    assert isinstance(submit_error.value, Rejected)  # not accepted at the API: not charged
+    assert isinstance(fetch_error.value, OutcomeUnknown)  # the poller asks again later
+    for error in (submit_error.value, fetch_error.value):
+        assert "redirect to another address" in str(error)
+        assert "the key was not sent there" in str(error)
+        assert fake.api_key not in str(error)
+    assert "redirect" in submit_error.value.message

@@ -12,14 +12,16 @@ IMAGE = SourceImage("https://cdn.discordapp.test/a.png", 1024, 1024)
 MASK = SourceImage("https://cdn.discordapp.test/m.png", 1024, 1024)
 
 
-def build(endpoint: str, image: SourceImage = IMAGE, **options):
-    options.setdefault("prompt", "a red fox in the snow")
+def build(endpoint: str, image: SourceImage = IMAGE, safety_checker_type=None, **options):
+    if endpoint != "upscale":
+        options.setdefault("prompt", "a red fox in the snow")
     return build_payload(
         ENDPOINTS[endpoint],
         GenerationOptions(**options),
         image=image,
-        mask=MASK if endpoint == "inpaint" else None,
+        mask=MASK if ENDPOINTS[endpoint].takes("mask") else None,
         default_model="pony_realism",
+        safety_checker_type=safety_checker_type,
         track_id="track-1",
     )
 
@@ -48,6 +50,7 @@ def test_v6_body_with_defaults():
         "use_karras_sigmas": "yes",
         "clip_skip": 2,
         "safety_checker": "yes",
+        "enhance_prompt": "no",
         "track_id": "track-1",
     }
 
@@ -270,8 +273,85 @@ def test_one_given_side_keeps_the_aspect_ratio():
 def test_degenerate_image_sizes_still_give_valid_sizes():
     for size in [(1, 1), (1, 10000), (10000, 1), (0, 0)]:
         for name, ep in ENDPOINTS.items():
+            if not ep.takes("width"):
+                continue
             w, h = fit_size(ep, *size)
             rule_w, rule_h = ep.rules["width"], ep.rules["height"]
             assert rule_w.minimum <= w <= rule_w.maximum, (name, size)
             assert rule_h.minimum <= h <= rule_h.maximum, (name, size)
             assert w % 8 == 0 and h % 8 == 0
+
+
+# --- the options ModelsLab documents beyond the basics -------------------------------------
+
+@pytest.mark.parametrize("endpoint", ["v6", "inpaint", "enterprise", "enterprise_pony",
+                                      "enterprise_inpaint"])
+def test_enhance_prompt_is_sent_as_no_unless_asked(endpoint):
+    assert build(endpoint)["enhance_prompt"] == "no"
+    assert build(endpoint, enhance_prompt=True)["enhance_prompt"] == "yes"
+
+
+def test_realtime_sends_enhance_prompt_and_style_as_documented():
+    body = build("realtime")
+    assert body["enhance_prompt"] is False and "enhance_style" not in body
+    assert "guidance_scale" not in body
+    assert build("realtime", style="Watercolor")["enhance_style"] == "watercolor"
+    words = refusal("realtime", style="van-gogh")
+    assert "van-gogh is not a style the realtime endpoint accepts" in words
+
+
+def test_guidance_scale_on_realtime_is_refused_naming_where_it_applies():
+    words = refusal("realtime", guidance_scale=7)
+    assert "guidance_scale can't be set on the realtime endpoint; it applies on the v6, " in words
+
+
+def test_algorithm_is_sent_as_algorithm_type_on_v6_and_inpaint_only():
+    assert build("v6", algorithm="sde-dpmsolver++")["algorithm_type"] == "sde-dpmsolver++"
+    assert build("inpaint", algorithm="none")["algorithm_type"] == "none"
+    assert "algorithm_type" not in build("v6")
+    words = refusal("enterprise", algorithm="none")
+    assert ("algorithm can't be set on the enterprise endpoint; it applies on the v6 and "
+            "inpainting endpoints") in words
+
+
+@pytest.mark.parametrize("endpoint", ["enterprise", "enterprise_pony", "enterprise_inpaint"])
+def test_enterprise_takes_lora_vae_and_sends_tomesd(endpoint):
+    body = build(endpoint, lora="more_details", lora_strength=0.6, vae="sdxl-vae")
+    assert (body["lora_model"], body["lora_strength"], body["vae"]) == ("more_details", 0.6,
+                                                                         "sdxl-vae")
+    assert body["tomesd"] == "yes"
+    plain = build(endpoint)
+    assert "lora_model" not in plain and "vae" not in plain and plain["tomesd"] == "yes"
+
+
+def test_lora_rules_are_refused_in_words():
+    assert "lora_strength needs a lora" in refusal("enterprise", lora_strength=0.5)
+    assert "lora_strength must be between 0.1 and 1" in refusal("enterprise", lora="x",
+                                                                lora_strength=3)
+    assert "is not a lora id" in refusal("enterprise", lora="../etc")
+    assert "lora can't be set on the v6 endpoint; it applies on the enterprise, " in \
+        refusal("v6", lora="more_details")
+
+
+def test_safety_checker_type_is_the_servers_choice_where_the_endpoint_takes_it():
+    assert build("enterprise", safety_checker_type="blur")["safety_checker_type"] == "blur"
+    assert build("enterprise")["safety_checker_type"] == "sensitive_content_text"
+    assert "safety_checker_type" not in build("v6", safety_checker_type="blur")
+
+
+def test_enterprise_inpaint_body_is_enterprise_img2img_plus_the_mask():
+    body = build("enterprise_inpaint")
+    assert body["mask_image"] == MASK.url and body["num_inference_steps"] == 21
+    assert set(build("enterprise")) | {"mask_image"} == set(body)
+
+
+def test_upscale_body():
+    assert build("upscale") == {"init_image": IMAGE.url, "scale": 4,
+                                "model_id": "RealESRGAN_x4plus", "face_enhance": False,
+                                "track_id": "track-1"}
+    body = build("upscale", scale=2, upscaler="realesr-general-x4v3", face_enhance=True)
+    assert (body["scale"], body["model_id"], body["face_enhance"]) == (
+        2, "realesr-general-x4v3", True)
+    assert "scale must be 2, 3 or 4" in refusal("upscale", scale=8)
+    assert "prompt can't be set on the super resolution endpoint" in refusal("upscale",
+                                                                             prompt="x")
