@@ -66,6 +66,9 @@ class EnginePolicy:
     # Status updates are sent apart from the job steps, this many at once (one while results
     # are being posted), only the latest text per job.
     status_concurrency: int = 6
+    # A status edit Discord has not answered by then is dropped (a newer one follows); the
+    # same interaction's result is never kept waiting behind it.
+    status_timeout: float = 5.0
     retention_days: float = 90.0  # delivered jobs keep their bulky fields this long; 0: forever
     tick: float = 1.0
 
@@ -589,7 +592,10 @@ class JobEngine:
     async def _send_status(self, job: Job, position: int | None) -> None:
         with job_context(job.track_id):
             try:
-                await self._tell_progress(job, position)
+                async with asyncio.timeout(self.policy.status_timeout):
+                    await self._tell_progress(job, position)
+            except TimeoutError:
+                log.info("job %s: status update not answered in time; dropped", job.track_id)
             except Exception:
                 log.exception("job %s: status update failed", job.track_id)
 
