@@ -49,7 +49,8 @@ class Services:
         self.engine = JobEngine(
             self.store, self.client, self.delivery, OutputDownloader(self.session),
             policy=EnginePolicy(max_concurrency=s.modelslab_max_concurrency,
-                                max_pause=s.modelslab_max_pause),
+                                max_pause=s.modelslab_max_pause,
+                                retention_days=s.job_retention_days),
             public_base_url=s.public_base_url, metrics=self.metrics)
         self.web = WebServer(create_app(self.engine), s.web_host, s.web_port)
         await self.web.start()

@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     cooldown_burst: Annotated[int, Field(ge=0, le=100)] = 5
     cooldown_seconds: Annotated[float, Field(ge=0, le=3600)] = 5.0
     modelslab_max_concurrency: Annotated[int, Field(ge=1, le=100)] = 5
+    # Delivered jobs keep their full request (payload, options) this many days, then only
+    # what /quota and /history show (0: keep everything).
+    job_retention_days: Annotated[float, Field(ge=0, le=36500)] = 90.0
     log_level: LogLevel = "INFO"
     # For tests against a local Discord; never set in production.
     discord_api_base: str | None = None

@@ -16,7 +16,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 SETTING_PREFIXES = ("DISCORD_", "MODELSLAB_", "WEB_", "PUBLIC_", "DATABASE_", "DEV_GUILD",
-                    "DEFAULT_MODEL", "DAILY_", "LOG_LEVEL", "METRICS_", "COOLDOWN_")
+                    "DEFAULT_MODEL", "DAILY_", "LOG_LEVEL", "METRICS_", "COOLDOWN_",
+                    "JOB_RETENTION")
 
 
 def free_port() -> int:
