@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import statistics
 import tempfile
 import time
@@ -74,7 +75,11 @@ async def one_mode(mode: str, members: int, generation: float, slots: int,
             for user in users))
         await asyncio.gather(*(ix.response(timeout=30) for ix in interactions))
         acks = [ix.response_latency * 1000 for ix in interactions]
-        # While the queue is full, new members keep arriving, one every 0.2 s.
+        # While the queue is full, new members keep arriving, one every 0.2 s: from the moment
+        # the burst's commands are all in the queue (their images checked and stored).
+        await settle(_async(lambda: len(fake_ml.submits) + sum(
+            1 for ix in interactions if ix.original and "Queued" in ix.original["content"])),
+            lambda n: n >= members, within=120)
         late_acks = []
         for user in late_users:
             ix = await fake_dc.slash(user, channel, "img2img",
@@ -121,6 +126,21 @@ async def one_mode(mode: str, members: int, generation: float, slots: int,
         makespan = max(finished) - first_submit
         busy = sum(j.finished - j.created for j in fake_ml.jobs.values() if j.finished)
         bot_calls = sum(1 for c in fake_dc.rest_log if c.api) - calls_before
+        # How stale a waiting member's place in line gets: the longest gap between two
+        # "Queued" edits of their status (from the first), per member, until it is sent.
+        edits: dict[str, list] = {}
+        for call in fake_dc.rest_log:
+            if call.method == "PATCH" and call.path.endswith("/@original") and isinstance(
+                    call.json, dict):
+                edits.setdefault(call.path, []).append(call)
+        gaps = []
+        for calls in edits.values():
+            times = []
+            for call in calls:
+                times.append(call.time)
+                if not (call.json.get("content") or "").startswith("Queued"):
+                    break
+            gaps.extend(b - a for a, b in itertools.pairwise(times))
         return {
             "mode": mode,
             "acks": acks,
@@ -133,6 +153,7 @@ async def one_mode(mode: str, members: int, generation: float, slots: int,
             "rate_limited": sum(1 for r in fake_ml.requests
                                 if r.response and r.response.status == 429),
             "discord_calls": bot_calls,
+            "status_gaps": [g * 1000 for g in gaps],
             "discord_429": fake_dc.rate_limited - limited_before,
             "rss": peak_rss_mib(world.bot.proc.pid),
             "lost": everyone - len(results),
@@ -156,6 +177,7 @@ async def main(members: int, generation: float, slots: int, latency: float = 0.0
         if r["late_acks"]:
             print(f"  ... queue full, new member: {figures(r['late_acks'])}")
         print(f"result -> message posted:   {figures(r['overheads'])}")
+        print(f"place in line refreshed:    {figures(r['status_gaps'])} (gap between edits)")
         print(f"API slot utilisation:       {r['utilisation'] * 100:5.1f} % of the ideal "
               f"({r['makespan']:.1f} s for the work, {r['ideal_makespan']:.1f} s ideal)")
         print(f"429s from ModelsLab:        {r['rate_limited']}   submits: {r['submits']}")

@@ -777,8 +777,8 @@ class JobStore:
         while True:
             rows = await self._fetchall(
                 "SELECT track_id, delivered_at, payload FROM jobs WHERE status = 'delivered' "
-                "AND delivered_at < ? AND (delivered_at > ? OR (delivered_at = ? AND "
-                "track_id > ?)) ORDER BY delivered_at, track_id LIMIT ?",
+                "AND delivered_at < ? AND delivered_at >= ? AND (delivered_at > ? OR "
+                "track_id > ?) ORDER BY delivered_at, track_id LIMIT ?",
                 (before, since_at, since_at, since_id, batch))
             if not rows:
                 break
