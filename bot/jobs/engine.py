@@ -45,7 +45,7 @@ class EnginePolicy:
     max_concurrency: int = 5
     webhook_grace: float = 15.0  # webhook mode: first poll this long after the eta
     first_poll: float = 1.0  # polling mode: at the eta, but never sooner than this
-    poll_interval: float = 0.5  # after the first poll: this, growing by poll_backoff
+    poll_interval: float = 0.25  # after the first poll: this, growing by poll_backoff
     poll_backoff: float = 1.5
     max_poll_interval: float = 60.0
     max_poll_attempts: int = 60
