@@ -166,7 +166,7 @@ class JobEngine:
         Nothing is sent before this. Raises QuotaExceeded or TooManyJobs under ``quota``."""
         job = await self.store.create(new, now=self.clock(), quota=quota)
         self._wake_dispatch.set()
-        self._progress(job)
+        await self._first_status(job)
         return job
 
     def accept_result(self, track_id: str, response: ApiResponse) -> None:
@@ -563,6 +563,18 @@ class JobEngine:
                 await self._send_next_status(ready[0])
             except Exception:
                 log.exception("status update failed")
+
+    async def _first_status(self, job: Job) -> None:
+        """The command's own answer: "queued, #n in line". Awaited by the command that asked
+        (never by a job step), so the member sees it before anything newer; later updates for
+        the job wait until it is out, and Discord gets ``status_timeout`` to take it."""
+        self._status_sending.add(job.track_id)
+        try:
+            position = await self.store.queue_position(job.track_id)
+            await self._send_status(job, position)
+        finally:
+            self._status_sending.discard(job.track_id)
+            self._wake_status.set()
 
     async def _send_next_status(self, track_id: str) -> None:
         job, position = self._status_pending.pop(track_id)
