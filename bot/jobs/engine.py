@@ -63,9 +63,9 @@ class EnginePolicy:
     give_up_after_attempts: int = 30  # in all (about 25 minutes of sweeps): never delivered
     sweep_interval: float = 30.0
     status_interval: float = 10.0  # how often queued members hear their place in line
-    # Status updates are sent apart from the job steps, this many at once (one while results
-    # are being posted), only the latest text per job.
-    status_concurrency: int = 6
+    # Status updates are sent apart from the job steps, this many at once (half as many
+    # while results are being posted), only the latest text per job.
+    status_concurrency: int = 10
     # A status edit Discord has not answered by then is dropped (a newer one follows); the
     # same interaction's result is never kept waiting behind it.
     status_timeout: float = 5.0
@@ -114,6 +114,7 @@ class JobEngine:
         self._status_tasks: set[asyncio.Task[Any]] = set()
         self._wake_status = asyncio.Event()
         self._delivering = 0
+        self._places: asyncio.Future[dict[str, int]] | None = None  # a read of the queue
 
     # --- life cycle ---------------------------------------------------------------------
 
@@ -552,7 +553,9 @@ class JobEngine:
                     await self._queue_status()
                 except Exception:
                     log.exception("reading the queue for status updates failed")
-            limit = 1 if self._delivering else self.policy.status_concurrency
+            limit = self.policy.status_concurrency
+            if self._delivering:  # results go first: status updates take half the room
+                limit = max(1, limit // 2)
             ready = [t for t in self._status_pending if t not in self._status_sending]
             if not ready or len(self._status_tasks) >= limit:
                 self._wake_status.clear()
@@ -570,11 +573,34 @@ class JobEngine:
         the job wait until it is out, and Discord gets ``status_timeout`` to take it."""
         self._status_sending.add(job.track_id)
         try:
-            position = await self.store.queue_position(job.track_id)
+            position = await self._place_of(job.track_id)
             await self._send_status(job, position)
         finally:
             self._status_sending.discard(job.track_id)
             self._wake_status.set()
+
+    async def _place_of(self, track_id: str) -> int | None:
+        """A new job's place in line. Commands arriving together share one read of the queue
+        (a burst of a thousand makes a few reads, not a thousand); a job written after the
+        read under way began waits for the next one."""
+        for _ in range(2):
+            if self._places is None:
+                self._places = asyncio.ensure_future(self.store.queue_places())
+                self._places.add_done_callback(self._places_read)
+            try:
+                places = await asyncio.shield(self._places)
+            except Exception:
+                log.exception("reading the queue for a place in line failed")
+                return None
+            if track_id in places:
+                return places[track_id]
+        return None
+
+    def _places_read(self, read: asyncio.Future[dict[str, int]]) -> None:
+        if self._places is read:
+            self._places = None
+        if not read.cancelled():
+            read.exception()  # retrieved: a failed read only means no number this time
 
     async def _send_next_status(self, track_id: str) -> None:
         job, position = self._status_pending.pop(track_id)

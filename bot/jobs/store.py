@@ -488,6 +488,12 @@ class JobStore:
     async def _waiting(self) -> list[Waiting]:
         return [Waiting(*row) for row in await self._fetchall(_WAITING_SQL)]
 
+    async def queue_places(self) -> dict[str, int]:
+        """Every waiting job's 1-based place in the order they will be sent (``fair_order``),
+        from one read of the small queue index."""
+        return {job.track_id: n
+                for n, job in enumerate(fair_order(await self._waiting()), start=1)}
+
     async def queue_position(self, track_id: str) -> int | None:
         """1-based place among queued jobs in the order they will be sent (``fair_order``);
         None when not queued."""
