@@ -8,6 +8,7 @@ re-uploaded, never linked: ModelsLab's links expire.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import io
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 
 TOKEN_MARGIN = 60.0  # don't start a followup with a token this close to expiring
 STATUS_EDIT_INTERVAL = 5.0  # the status message is edited at most this often
+STATUS_EDIT_TIMEOUT = 10.0  # a status edit Discord does not answer is given up after this
 HISTORY_SEARCH_LIMIT = 50
 STATUS_MEMORY = 1000  # past this many remembered statuses, the stale ones are dropped
 TOKEN_LIFETIME = 15 * 60.0
@@ -514,6 +516,7 @@ class DiscordDelivery:
     async def _mark_done(self, webhook: discord.Webhook, job: Job, url: str) -> None:
         self._last_status.pop(job.track_id, None)
         # The result is out; if this edit fails, a stale status line is harmless.
-        with contextlib.suppress(discord.HTTPException):
-            await webhook.edit_message("@original",  # type: ignore[arg-type]
-                                       content=f"Done: {url} ({job_marker(job)})")
+        with contextlib.suppress(discord.HTTPException, TimeoutError):
+            async with asyncio.timeout(STATUS_EDIT_TIMEOUT):
+                await webhook.edit_message("@original",  # type: ignore[arg-type]
+                                           content=f"Done: {url} ({job_marker(job)})")

@@ -57,7 +57,8 @@ class Services:
             self.store, self.client, self.delivery,
             OutputDownloader(self.session, output_hosts=s.output_hosts),
             policy=EnginePolicy(max_concurrency=s.modelslab_max_concurrency,
-                                max_pause=s.modelslab_max_pause),
+                                max_pause=s.modelslab_max_pause,
+                                retention_days=s.job_retention_days),
             public_base_url=s.public_base_url, metrics=self.metrics,
             leases=Leases(self.store, period=s.job_lease_seconds))
         shards = s.shards if s.shards is not None else list(range(s.shard_count or 1))

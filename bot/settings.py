@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     modelslab_max_concurrency: Annotated[int, Field(ge=1, le=100)] = 5
     # How often ModelsLab's model lists are read again, in seconds (default 6 hours).
     model_list_refresh: Annotated[float, Field(gt=0)] = 6 * 3600.0
+    # Delivered jobs keep their full request (payload, options) this many days, then only
+    # what /quota and /history show (0: keep everything).
+    job_retention_days: Annotated[float, Field(ge=0, le=36500)] = 90.0
     log_level: LogLevel = "INFO"
     # The hosts ModelsLab's output links may point to: exact names or *.domain patterns.
     modelslab_output_hosts: str = ",".join(DEFAULT_OUTPUT_HOSTS)

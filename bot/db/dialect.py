@@ -24,34 +24,20 @@ from typing import Any
 
 # The store's claim (``JobStore.claim_next``), as its SQLite text reads (whitespace collapsed).
 CLAIM_NEXT = (
-    "UPDATE jobs SET status = 'submitted', submitted_at = :now, submit_attempts = "
-    "submit_attempts + 1, webhook_secret_hash = :hash, awaiting_webhook = 0, "
-    "not_before = NULL, next_poll_at = NULL, dispatch_seq = (SELECT "
-    "COALESCE(MAX(dispatch_seq), 0) + 1 FROM jobs) WHERE status = 'queued' AND "
-    "track_id = ( WITH ready AS ( SELECT user_id, MIN(seq) AS first_seq FROM jobs "
-    "WHERE status = 'queued' AND COALESCE(not_before, 0) <= :now GROUP BY user_id ), "
-    "served AS ( SELECT user_id, MAX(dispatch_seq) AS last_turn FROM jobs WHERE "
-    "dispatch_seq IS NOT NULL GROUP BY user_id ) SELECT j.track_id FROM ready JOIN "
-    "jobs j ON j.seq = ready.first_seq LEFT JOIN served ON served.user_id = "
-    "ready.user_id ORDER BY COALESCE(served.last_turn, 0), ready.first_seq LIMIT 1 ) "
-    "RETURNING *"
+    "SELECT j.track_id, j.seq, COALESCE(j.guild_id, 0) AS guild_key, j.user_id, j.not_before, "
+    "COALESCE(g.last_turn, 0) AS guild_turn, COALESCE(m.last_turn, 0) AS member_turn FROM "
+    "jobs j LEFT JOIN served_guilds g ON g.guild_key = COALESCE(j.guild_id, 0) LEFT JOIN "
+    "served_members m ON m.guild_key = COALESCE(j.guild_id, 0) AND m.user_id = j.user_id "
+    "WHERE j.status = 'queued' ORDER BY j.seq"
 )
 
 # SQLite statement (whitespace collapsed) -> the PostgreSQL statement to run instead, still
 # written with ``?``/``:name`` placeholders (they are translated like any other). A test
 # (tests/bot/jobs/test_store.py) checks that each one still matches the store's statement.
 OVERRIDES: dict[str, str] = {
-    # The fair claim: the row it takes is locked, and a row another transaction holds is
-    # passed over rather than waited for.
-    CLAIM_NEXT:
-    CLAIM_NEXT.replace("LIMIT 1 )", "LIMIT 1 FOR UPDATE OF j SKIP LOCKED )"),
-
-    # PostgreSQL does not let WHERE or GROUP BY see a column alias of the same SELECT.
-    "SELECT json_extract(payload, '$.model_id') AS model, COUNT(*) AS n FROM jobs "
-    "WHERE guild_id IS ? AND model IS NOT NULL GROUP BY model ORDER BY n DESC LIMIT ?":
-    "SELECT model, COUNT(*) AS n FROM (SELECT json_extract(payload, '$.model_id') AS model "
-    "FROM jobs WHERE guild_id IS ?) AS used WHERE model IS NOT NULL GROUP BY model "
-    "ORDER BY n DESC LIMIT ?",
+    # The fair claim reads the waiting jobs with their rows locked; a row another
+    # transaction holds is passed over rather than waited for.
+    CLAIM_NEXT: CLAIM_NEXT + " FOR UPDATE OF j SKIP LOCKED",
 }
 
 _TOKEN = re.compile(

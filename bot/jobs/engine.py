@@ -46,7 +46,7 @@ class EnginePolicy:
     max_concurrency: int = 5
     webhook_grace: float = 15.0  # webhook mode: first poll this long after the eta
     first_poll: float = 1.0  # polling mode: at the eta, but never sooner than this
-    poll_interval: float = 0.5  # after the first poll: this, growing by poll_backoff
+    poll_interval: float = 0.25  # after the first poll: this, growing by poll_backoff
     poll_backoff: float = 1.5
     max_poll_interval: float = 60.0
     max_poll_attempts: int = 60
@@ -64,6 +64,13 @@ class EnginePolicy:
     give_up_after_attempts: int = 30  # in all (about 25 minutes of sweeps): never delivered
     sweep_interval: float = 30.0
     status_interval: float = 10.0  # how often queued members hear their place in line
+    # Status updates are sent apart from the job steps, this many at once (half as many
+    # while results are being posted), only the latest text per job.
+    status_concurrency: int = 10
+    # A status edit Discord has not answered by then is dropped (a newer one follows); the
+    # same interaction's result is never kept waiting behind it.
+    status_timeout: float = 5.0
+    retention_days: float = 90.0  # delivered jobs keep their bulky fields this long; 0: forever
     tick: float = 1.0
 
 
@@ -107,6 +114,14 @@ class JobEngine:
         self.process_info: dict[str, Any] = {}  # for /healthz: which process, shards, database
         self._last_status = 0.0
         self._removed_guilds: set[int] = set()  # servers the bot was removed from
+        # Status updates waiting to be sent: track id -> (job, place in line or None to look
+        # it up). A newer update for a job replaces the older one and keeps its turn.
+        self._status_pending: dict[str, tuple[Job, int | None]] = {}
+        self._status_sending: set[str] = set()
+        self._status_tasks: set[asyncio.Task[Any]] = set()
+        self._wake_status = asyncio.Event()
+        self._delivering = 0
+        self._places: asyncio.Future[dict[str, int]] | None = None  # a read of the queue
 
     # --- life cycle ---------------------------------------------------------------------
 
@@ -117,7 +132,8 @@ class JobEngine:
         await self._recover()
         self._accepting = True
         self._loops = [asyncio.create_task(self._dispatch_loop(), name="jobs-dispatch"),
-                       asyncio.create_task(self._poll_loop(), name="jobs-poll")]
+                       asyncio.create_task(self._poll_loop(), name="jobs-poll"),
+                       asyncio.create_task(self._status_loop(), name="jobs-status")]
 
     def stop_accepting(self) -> None:
         """New commands are refused and nothing more is sent to ModelsLab (shutting down);
@@ -131,9 +147,9 @@ class JobEngine:
         self._stopping = True
         self._wake_dispatch.set()
         self._wake_poll.set()
-        for task in self._loops:
+        for task in [*self._loops, *self._status_tasks]:
             task.cancel()
-        await asyncio.gather(*self._loops, return_exceptions=True)
+        await asyncio.gather(*self._loops, *self._status_tasks, return_exceptions=True)
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
             if pending:
@@ -166,7 +182,7 @@ class JobEngine:
         job = await self.store.create(new, now=self.clock(), quota=quota)
         self._wake_dispatch.set()
         await self.store.notify()
-        await self._progress(job)
+        await self._first_status(job)
         return job
 
     def accept_result(self, track_id: str, response: ApiResponse) -> None:
@@ -240,6 +256,7 @@ class JobEngine:
                         "%.0fs", track_id, pause)
             await self.store.requeue(track_id, not_before=until)
             self._last_status = 0.0  # queued members hear about the pause now
+            self._wake_status.set()
             self._wake_poll.set()
         except NotSent as exc:
             if job.submit_attempts >= self.policy.max_submit_attempts:
@@ -307,9 +324,7 @@ class JobEngine:
             next_poll_at=first_poll, now=now)
         if moved:
             self._wake_poll.set()
-            current = await self.store.get(job.track_id)
-            if current is not None:
-                await self._progress(current)
+            self._progress(moved)
 
     # --- results ------------------------------------------------------------------------
 
@@ -404,18 +419,26 @@ class JobEngine:
                 outputs = []
             elif outputs is None:
                 outputs = await self.store.outputs(track_id)
+            self._status_pending.pop(track_id, None)
+            self._delivering += 1
             try:
                 message_id = await self.delivery.deliver(started, outputs)
             except NotInServer:
+                self._delivering -= 1
                 await self._drop(started)
                 return
             except Exception as exc:
+                self._delivering -= 1
                 self.metrics.delivery("failed")
                 await self.store.end_delivery_attempt(track_id)
                 log.warning("job %s: delivery attempt %d failed: %s", track_id, attempt, exc)
                 await asyncio.sleep(self.policy.delivery_retry * attempt)
                 job = await self.store.get(track_id) or job
                 continue
+            except BaseException:
+                self._delivering -= 1
+                raise
+            self._delivering -= 1
             await self.store.mark_delivered(track_id, message_id=message_id, now=self.clock())
             return
         log.error("job %s: not delivered after %d attempts; will retry later",
@@ -489,10 +512,6 @@ class JobEngine:
                 if now - self._last_sweep >= self.policy.sweep_interval:
                     self._last_sweep = now
                     await self._sweep()
-                if now - self._last_status >= self.policy.status_interval:
-                    self._last_status = now
-                    if await self.store.lead("queue-status"):  # one process of the bot
-                        await self._queue_status()
                 next_poll = await self.store.next_poll_time()
                 if next_poll is not None:
                     wait = max(0.01, min(wait, next_poll - self.clock()))
@@ -604,31 +623,126 @@ class JobEngine:
             self._spawn(self._finish(track_id, moved), f"finish-{track_id}")
 
     async def _sweep(self) -> None:
-        """Deliveries that failed earlier get another chance; delivered images are dropped."""
+        """Deliveries that failed earlier get another chance; delivered images are dropped,
+        and so are the bulky fields of jobs delivered longer ago than the retention period."""
         await self.store.purge_delivered_outputs()
+        if self.policy.retention_days > 0:
+            await self.store.apply_retention(self.clock() - self.policy.retention_days * 86400)
         for job in await self.store.undelivered():
             if job.track_id not in self._finishing:
                 self._spawn(self._finish(job.track_id), f"finish-{job.track_id}")
 
     async def _queue_status(self) -> None:
-        """Tell waiting members where they are in line (the delivery skips unchanged text)."""
+        """Tell waiting members where they are in line: one read of the queue in its fair
+        order, handed to the status sender (the delivery skips unchanged text)."""
         for job, position in await self.store.queued_with_positions():
-            with job_context(job.track_id):
+            self._progress(job, position)
+
+    # --- status updates -----------------------------------------------------------------
+
+    def _progress(self, job: Job, position: int | None = None) -> None:
+        """Note that ``job``'s member should hear how it is doing. Never waits on Discord:
+        the status sender takes it from here, and only the latest update per job is sent."""
+        self._status_pending[job.track_id] = (job, position)
+        self._wake_status.set()
+
+    async def _status_loop(self) -> None:
+        """Sends status updates apart from dispatch, polling and delivery: a few at a time,
+        only one at a time while results are being posted, never two for the same job."""
+        while not self._stopping:
+            now = self.clock()
+            if now - self._last_status >= self.policy.status_interval and self._accepting:
+                self._last_status = now
                 try:
-                    await self._tell_progress(job, position)
+                    if await self.store.lead("queue-status"):  # one process of the bot
+                        await self._queue_status()
                 except Exception:
-                    log.exception("job %s: status update failed", job.track_id)
+                    log.exception("reading the queue for status updates failed")
+            limit = self.policy.status_concurrency
+            if self._delivering:  # results go first: status updates take half the room
+                limit = max(1, limit // 2)
+            ready = [t for t in self._status_pending if t not in self._status_sending]
+            if not ready or len(self._status_tasks) >= limit:
+                self._wake_status.clear()
+                await _wait(self._wake_status, 0.05 if ready else min(
+                    self.policy.tick, self.policy.status_interval))
+                continue
+            try:
+                await self._send_next_status(ready[0])
+            except Exception:
+                log.exception("status update failed")
 
-    # --- helpers ------------------------------------------------------------------------
+    async def _first_status(self, job: Job) -> None:
+        """The command's own answer: "queued, #n in line". Awaited by the command that asked
+        (never by a job step), so the member sees it before anything newer; later updates for
+        the job wait until it is out, and Discord gets ``status_timeout`` to take it."""
+        self._status_sending.add(job.track_id)
+        try:
+            position = await self._place_of(job.track_id)
+            await self._send_status(job, position)
+        finally:
+            self._status_sending.discard(job.track_id)
+            self._wake_status.set()
 
-    async def _progress(self, job: Job) -> None:
+    async def _place_of(self, track_id: str) -> int | None:
+        """A new job's place in line. Commands arriving together share one read of the queue
+        (a burst of a thousand makes a few reads, not a thousand); a job written after the
+        read under way began waits for the next one."""
+        for _ in range(2):
+            if self._places is None:
+                self._places = asyncio.ensure_future(self.store.queue_places())
+                self._places.add_done_callback(self._places_read)
+            try:
+                places = await asyncio.shield(self._places)
+            except Exception:
+                log.exception("reading the queue for a place in line failed")
+                return None
+            if track_id in places:
+                return places[track_id]
+        return None
+
+    def _places_read(self, read: asyncio.Future[dict[str, int]]) -> None:
+        if self._places is read:
+            self._places = None
+        if not read.cancelled():
+            read.exception()  # retrieved: a failed read only means no number this time
+
+    async def _send_next_status(self, track_id: str) -> None:
+        job, position = self._status_pending.pop(track_id)
+        if track_id in self._finishing:
+            return  # its result is being posted; a status line now would only be stale
+        if job.status is JobStatus.QUEUED and position is None:
+            # Look up the place of this and every other waiting job at once.
+            for queued, place in await self.store.queued_with_positions():
+                if queued.track_id == track_id:
+                    job, position = queued, place
+                elif queued.track_id in self._status_pending:
+                    self._status_pending[queued.track_id] = (queued, place)
+            if position is None:
+                return  # no longer waiting: a newer update follows
+        self._status_sending.add(track_id)
+        task = asyncio.create_task(self._send_status(job, position), name=f"status-{track_id}",
+                                   context=context_for(track_id))
+        self._status_tasks.add(task)
+
+        def done(finished: asyncio.Task[Any]) -> None:
+            self._status_tasks.discard(finished)
+            self._status_sending.discard(track_id)
+            self._wake_status.set()
+
+        task.add_done_callback(done)
+
+    async def _send_status(self, job: Job, position: int | None) -> None:
         with job_context(job.track_id):
             try:
-                position = (await self.store.queue_position(job.track_id)
-                            if job.status is JobStatus.QUEUED else None)
-                await self._tell_progress(job, position)
+                async with asyncio.timeout(self.policy.status_timeout):
+                    await self._tell_progress(job, position)
+            except TimeoutError:
+                log.info("job %s: status update not answered in time; dropped", job.track_id)
             except Exception:
                 log.exception("job %s: status update failed", job.track_id)
+
+    # --- helpers ------------------------------------------------------------------------
 
     async def _tell_progress(self, job: Job, position: int | None) -> None:
         """A queued member also hears when ModelsLab asked us to pause, and until when."""

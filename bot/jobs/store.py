@@ -15,13 +15,15 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import hashlib
+import heapq
 import hmac
 import json
 import logging
 import secrets
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections import deque
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -175,6 +177,45 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE guild_settings ADD COLUMN upscale_enabled INTEGER;
     ALTER TABLE guild_settings ADD COLUMN allowed_models TEXT NOT NULL DEFAULT '[]';
     """,
+    # 7: a year of history slows nothing down. Fair turns are kept in two small tables
+    # (servers, then members in a server) instead of being read from every job ever sent;
+    # the models a server uses are counted as jobs arrive; the hot queries have indexes of
+    # their own; delivered jobs past the retention period lose their bulky fields.
+    """
+    CREATE TABLE served_guilds (
+        guild_key INTEGER PRIMARY KEY,
+        last_turn INTEGER NOT NULL
+    );
+    CREATE TABLE served_members (
+        guild_key INTEGER NOT NULL,
+        user_id INTEGER NOT NULL,
+        last_turn INTEGER NOT NULL,
+        PRIMARY KEY (guild_key, user_id)
+    );
+    INSERT INTO served_guilds (guild_key, last_turn)
+        SELECT COALESCE(guild_id, 0), MAX(dispatch_seq) FROM jobs
+        WHERE dispatch_seq IS NOT NULL GROUP BY COALESCE(guild_id, 0);
+    INSERT INTO served_members (guild_key, user_id, last_turn)
+        SELECT COALESCE(guild_id, 0), user_id, MAX(dispatch_seq) FROM jobs
+        WHERE dispatch_seq IS NOT NULL GROUP BY COALESCE(guild_id, 0), user_id;
+    CREATE TABLE guild_models (
+        guild_key INTEGER NOT NULL,
+        model_id TEXT NOT NULL,
+        uses INTEGER NOT NULL,
+        PRIMARY KEY (guild_key, model_id)
+    );
+    INSERT INTO guild_models (guild_key, model_id, uses)
+        SELECT COALESCE(guild_id, 0), json_extract(payload, '$.model_id'), COUNT(*) FROM jobs
+        WHERE json_extract(payload, '$.model_id') IS NOT NULL
+        GROUP BY COALESCE(guild_id, 0), json_extract(payload, '$.model_id');
+    CREATE INDEX jobs_queue ON jobs(seq, guild_id, user_id, not_before, track_id)
+        WHERE status = 'queued';
+    CREATE INDEX jobs_polls ON jobs(next_poll_at) WHERE status IN ('submitted', 'processing');
+    CREATE INDEX jobs_by_member ON jobs(user_id, guild_id, seq);
+    CREATE INDEX jobs_by_delivery ON jobs(delivered_at) WHERE status = 'delivered';
+    CREATE INDEX jobs_member_active ON jobs(user_id, guild_id, status)
+        WHERE status IN ('queued', 'submitted', 'processing');
+    """,
 )
 # Migrations after which the file is rewritten once (VACUUM cannot run in a transaction):
 # 3 turns on incremental auto-vacuum for a database created before it was the default.
@@ -242,6 +283,82 @@ def sqlite_path(url: str | Path) -> Path:
     if isinstance(url, str) and url.startswith("sqlite://"):
         return Path(url.removeprefix("sqlite://").removeprefix("/"))
     return Path(url)
+
+
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    """A queued job as the fair order sees it, with its server's and member's last turns."""
+
+    track_id: str
+    seq: int
+    guild_key: int  # the server, 0 for direct messages
+    user_id: int
+    not_before: float | None
+    guild_turn: int  # 0: never served
+    member_turn: int
+
+
+# The waiting jobs with their turns, oldest first: one pass over the small ``jobs_queue``
+# index, each member's and server's turn found by primary key.
+_WAITING_SQL = """
+    SELECT j.track_id, j.seq, COALESCE(j.guild_id, 0) AS guild_key, j.user_id, j.not_before,
+           COALESCE(g.last_turn, 0) AS guild_turn, COALESCE(m.last_turn, 0) AS member_turn
+    FROM jobs j
+    LEFT JOIN served_guilds g ON g.guild_key = COALESCE(j.guild_id, 0)
+    LEFT JOIN served_members m ON m.guild_key = COALESCE(j.guild_id, 0) AND m.user_id = j.user_id
+    WHERE j.status = 'queued' ORDER BY j.seq
+"""
+
+
+def first_in_line(waiting: Sequence[Waiting]) -> Waiting | None:
+    """The first job of ``fair_order(waiting)``, found in one pass (claiming is hot)."""
+    guilds: dict[int, tuple[int, int]] = {}  # server -> (its turn, its oldest job)
+    members: dict[tuple[int, int], Waiting] = {}  # (server, member) -> their oldest job
+    for job in waiting:
+        key = (job.guild_key, job.user_id)
+        if key not in members or job.seq < members[key].seq:
+            members[key] = job
+        turn, oldest = guilds.get(job.guild_key, (job.guild_turn, job.seq))
+        guilds[job.guild_key] = (turn, min(oldest, job.seq))
+    if not guilds:
+        return None
+    guild = min(guilds, key=lambda g: guilds[g])
+    return min((job for (g, _), job in members.items() if g == guild),
+               key=lambda job: (job.member_turn, job.seq))
+
+
+def fair_order(waiting: Sequence[Waiting]) -> Iterator[Waiting]:
+    """The order in which waiting jobs are sent: servers take turns (the one served least
+    recently first, a server never served before ahead of all, ties to the oldest job), then
+    inside a server its members take turns the same way, and a member's jobs go oldest first.
+
+    Lazy: ``claim_next`` takes the first; place-in-line messages take all, so the number a
+    member sees is the place their job has in this very order."""
+    members: dict[int, dict[int, deque[Waiting]]] = {}
+    for job in sorted(waiting, key=lambda w: w.seq):
+        members.setdefault(job.guild_key, {}).setdefault(job.user_id, deque()).append(job)
+    member_heaps: dict[int, list[tuple[int, int, int]]] = {}
+    guild_heap: list[tuple[int, int, int]] = []
+    for guild_key, queues in members.items():
+        heap = [(q[0].member_turn, q[0].seq, user_id) for user_id, q in queues.items()]
+        heapq.heapify(heap)
+        member_heaps[guild_key] = heap
+        first = next(iter(queues.values()))[0]
+        guild_heap.append((first.guild_turn, min(h[1] for h in heap), guild_key))
+    heapq.heapify(guild_heap)
+    turn = max((max(w.guild_turn, w.member_turn) for w in waiting), default=0)
+    while guild_heap:
+        _, _, guild_key = heapq.heappop(guild_heap)
+        heap = member_heaps[guild_key]
+        _, _, user_id = heapq.heappop(heap)
+        queue = members[guild_key][user_id]
+        job = queue.popleft()
+        yield job
+        turn += 1
+        if queue:
+            heapq.heappush(heap, (turn, queue[0].seq, user_id))
+        if heap:
+            heapq.heappush(guild_heap, (turn, 0, guild_key))
 
 
 class JobStore:
@@ -491,24 +608,36 @@ class JobStore:
     async def queue_depth(self) -> int:
         return await self.count(JobStatus.QUEUED)
 
+    async def _waiting(self) -> list[Waiting]:
+        return [Waiting(*row) for row in await self._fetchall(_WAITING_SQL)]
+
+    async def queue_places(self) -> dict[str, int]:
+        """Every waiting job's 1-based place in the order they will be sent (``fair_order``),
+        from one read of the small queue index."""
+        return {job.track_id: n
+                for n, job in enumerate(fair_order(await self._waiting()), start=1)}
+
     async def queue_position(self, track_id: str) -> int | None:
-        """1-based place among queued jobs in arrival order; None when not queued."""
-        (position,) = await self._fetchone(
-            "SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND seq <= "
-            "(SELECT seq FROM jobs WHERE track_id = ? AND status = 'queued')", (track_id,))
-        return position or None
+        """1-based place among queued jobs in the order they will be sent (``fair_order``);
+        None when not queued."""
+        for position, job in enumerate(fair_order(await self._waiting()), start=1):
+            if job.track_id == track_id:
+                return position
+        return None
 
     async def queued_with_positions(self) -> list[tuple[Job, int]]:
-        """Every queued job with its 1-based place in line (arrival order), in one read."""
-        rows = await self._fetchall(
-            "SELECT *, ROW_NUMBER() OVER (ORDER BY seq) AS position FROM jobs "
-            "WHERE status = 'queued' ORDER BY seq")
-        return [(Job.from_row(row), row["position"]) for row in rows]
+        """Every queued job with its 1-based place in line, in the order they will be sent
+        (``fair_order``)."""
+        order = {job.track_id: n
+                 for n, job in enumerate(fair_order(await self._waiting()), start=1)}
+        jobs = await self._jobs("status = 'queued'")
+        return sorted(((job, order[job.track_id]) for job in jobs if job.track_id in order),
+                      key=lambda pair: pair[1])
 
     async def due_polls(self, now: float, limit: int = 50) -> list[Job]:
         return await self._jobs(
-            "status IN ('submitted', 'processing') AND next_poll_at IS NOT NULL "
-            "AND next_poll_at <= ? ORDER BY next_poll_at LIMIT ?", (now, limit))
+            "status IN ('submitted', 'processing') AND next_poll_at <= ? "
+            "ORDER BY next_poll_at LIMIT ?", (now, limit))
 
     async def next_poll_time(self) -> float | None:
         return (await self._fetchone(
@@ -572,6 +701,12 @@ class JobStore:
                  r.interaction_token, r.token_expires_at, r.application_id, new.images,
                  new.parent_track_id, now))
             job = Job.from_row(next(iter(rows)))
+            model = new.payload.get("model_id")
+            if isinstance(model, str) and model:
+                await db.execute(
+                    "INSERT INTO guild_models (guild_key, model_id, uses) VALUES (?, ?, 1) "
+                    "ON CONFLICT(guild_key, model_id) DO UPDATE SET uses = guild_models.uses + 1",
+                    (r.guild_id or 0, model))
             await db.execute(
                 "INSERT INTO quota_ledger (guild_id, user_id, track_id, images, kind, day, at) "
                 "VALUES (?, ?, ?, ?, 'reserve', ?, ?)",
@@ -587,40 +722,40 @@ class JobStore:
         return int(next(iter(rows))[0])
 
     async def claim_next(self, now: float) -> tuple[Job, str] | None:
-        """Move the next job, fairly chosen, from queued to submitted; returns it and a fresh
-        webhook secret (only its hash is stored).
+        """Move the next job, fairly chosen (``fair_order`` among the jobs ready now), from
+        queued to submitted; returns it and a fresh webhook secret (only its hash is stored).
 
-        Fair: among members with a ready job, the one served least recently goes first
-        (members never served before come first), and within a member, oldest first.
-        """
+        The server's and the member's turns are written in the same transaction, in two
+        small tables, so fairness survives a restart without reading the history."""
         secret = secrets.token_urlsafe(32)
-        job = await self._change(
-            """
-            UPDATE jobs SET status = 'submitted', submitted_at = :now,
-                submit_attempts = submit_attempts + 1, webhook_secret_hash = :hash,
-                awaiting_webhook = 0,
-                not_before = NULL, next_poll_at = NULL,
-                dispatch_seq = (SELECT COALESCE(MAX(dispatch_seq), 0) + 1 FROM jobs)
-            WHERE status = 'queued' AND track_id = (
-                WITH ready AS (
-                    SELECT user_id, MIN(seq) AS first_seq FROM jobs
-                    WHERE status = 'queued' AND COALESCE(not_before, 0) <= :now
-                    GROUP BY user_id
-                ), served AS (
-                    SELECT user_id, MAX(dispatch_seq) AS last_turn FROM jobs
-                    WHERE dispatch_seq IS NOT NULL GROUP BY user_id
-                )
-                SELECT j.track_id FROM ready
-                JOIN jobs j ON j.seq = ready.first_seq
-                LEFT JOIN served ON served.user_id = ready.user_id
-                ORDER BY COALESCE(served.last_turn, 0), ready.first_seq
-                LIMIT 1
-            )
-            RETURNING *
-            """,
-            {"now": now, "hash": hash_secret(secret)},
-        )
-        return (job, secret) if job is not None else None
+        async with self._write() as db:
+            ready = [w for w in (Waiting(*row) for row in await db.execute_fetchall(_WAITING_SQL))
+                     if (w.not_before or 0) <= now]
+            chosen = first_in_line(ready)
+            if chosen is None:
+                return None
+            rows = await db.execute_fetchall("SELECT value FROM state WHERE key = 'turn'")
+            turn = int(next(iter(rows))[0]) + 1 if rows else 1
+            await db.execute("INSERT INTO state (key, value) VALUES ('turn', ?) "
+                             "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                             (str(turn),))
+            await db.execute("INSERT INTO served_guilds (guild_key, last_turn) VALUES (?, ?) "
+                             "ON CONFLICT(guild_key) DO UPDATE SET last_turn = excluded.last_turn",
+                             (chosen.guild_key, turn))
+            await db.execute("INSERT INTO served_members (guild_key, user_id, last_turn) "
+                             "VALUES (?, ?, ?) ON CONFLICT(guild_key, user_id) DO UPDATE SET "
+                             "last_turn = excluded.last_turn",
+                             (chosen.guild_key, chosen.user_id, turn))
+            rows = await db.execute_fetchall(
+                """
+                UPDATE jobs SET status = 'submitted', submitted_at = ?,
+                    submit_attempts = submit_attempts + 1, webhook_secret_hash = ?,
+                    awaiting_webhook = 0, not_before = NULL, next_poll_at = NULL,
+                    dispatch_seq = ?
+                WHERE track_id = ? AND status = 'queued' RETURNING *
+                """, (now, hash_secret(secret), turn, chosen.track_id))
+            job = Job.from_row(next(iter(rows)))
+        return job, secret
 
     async def _transition(self, track_id: str, target: JobStatus, sets: str = "",
                           params: Sequence[Any] = (), *, extra_where: str = "") -> Job | None:
@@ -636,10 +771,27 @@ class JobStore:
         )
 
     async def requeue(self, track_id: str, *, not_before: float) -> Job | None:
-        """Back to the queue (a 429, or a submit that never left): keeps its place in line."""
-        return await self._transition(
-            track_id, JobStatus.QUEUED, "not_before = ?, webhook_secret_hash = NULL",
-            (not_before,), extra_where="AND request_id IS NULL")
+        """Back to the queue (a 429, or a submit that never left): keeps its place in line.
+        The turn it was given is handed back (when nothing was sent for its member or server
+        since), so its member is not sent behind everyone for a job that never left."""
+        sources = sources_of(JobStatus.QUEUED)
+        async with self._write() as db:
+            rows = list(await db.execute_fetchall(
+                "UPDATE jobs SET status = 'queued', not_before = ?, webhook_secret_hash = NULL "
+                f"WHERE track_id = ? AND status IN ({_placeholders(sources)}) "
+                "AND request_id IS NULL RETURNING *", (not_before, track_id, *sources)))
+            if not rows:
+                return None
+            job = Job.from_row(rows[0])
+            turn = rows[0]["dispatch_seq"]
+            if turn is not None:
+                key = job.requester.guild_id or 0
+                await db.execute("UPDATE served_guilds SET last_turn = 0 WHERE guild_key = ? "
+                                 "AND last_turn = ?", (key, turn))
+                await db.execute("UPDATE served_members SET last_turn = 0 WHERE guild_key = ? "
+                                 "AND user_id = ? AND last_turn = ?",
+                                 (key, job.requester.user_id, turn))
+        return job
 
     async def mark_processing(self, track_id: str, *, request_id: str | None,
                               eta: float | None, fetch_url: str | None,
@@ -760,10 +912,48 @@ class JobStore:
         """Drop the images of delivered jobs (Discord holds them now), and give the freed
         pages back to the disk, so a backlog of stored images leaves no larger file behind."""
         rows = await self._fetchall(
-            "DELETE FROM job_outputs WHERE track_id IN "
-            "(SELECT track_id FROM jobs WHERE status = 'delivered') RETURNING 1")
+            "DELETE FROM job_outputs WHERE EXISTS (SELECT 1 FROM jobs WHERE "
+            "jobs.track_id = job_outputs.track_id AND jobs.status = 'delivered') RETURNING 1")
         if rows:
             await self.compact()
+
+    async def apply_retention(self, before: float, batch: int = 500) -> int:
+        """Delivered jobs delivered before ``before`` lose their bulky fields: the payload
+        (all but a short prompt and the model, for /history), the options, the output links
+        and any token. Their rows, statuses and ledger entries stay, so /quota and /history
+        still count right. Works in small batches (webhooks and commands wait on the same
+        lock) and remembers how far it got, so each run reads only what is new."""
+        done = 0
+        mark = await self.get_state("retention_mark")
+        since_at, since_id = (json.loads(mark) if mark else (0.0, ""))
+        while True:
+            rows = await self._fetchall(
+                "SELECT track_id, delivered_at, payload FROM jobs WHERE status = 'delivered' "
+                "AND delivered_at < ? AND delivered_at >= ? AND (delivered_at > ? OR "
+                "track_id > ?) ORDER BY delivered_at, track_id LIMIT ?",
+                (before, since_at, since_at, since_id, batch))
+            if not rows:
+                break
+            trimmed = []
+            for row in rows:
+                payload = json.loads(row["payload"])
+                kept = {"prompt": str(payload.get("prompt", ""))[:100]}
+                if isinstance(payload.get("model_id"), str):
+                    kept["model_id"] = payload["model_id"][:100]
+                trimmed.append((json.dumps(kept), row["track_id"]))
+            since_at, since_id = rows[-1]["delivered_at"], rows[-1]["track_id"]
+            async with self._write() as db:
+                await db.executemany(
+                    "UPDATE jobs SET payload = ?, options = '{}', outputs = '[]', "
+                    "future_links = '[]', interaction_token = NULL WHERE track_id = ? "
+                    "AND status = 'delivered'", trimmed)
+                await db.execute("INSERT INTO state (key, value) VALUES ('retention_mark', ?) "
+                                 "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                                 (json.dumps([since_at, since_id]),))
+            done += len(rows)
+            if len(rows) < batch:
+                break
+        return done
 
     async def compact(self) -> None:
         """Free pages back to the file system (incremental auto-vacuum), then a checkpoint
@@ -814,9 +1004,8 @@ class JobStore:
     async def models_used(self, guild_id: int | None, limit: int = 20) -> list[str]:
         """The models most used in a server, most used first (for autocomplete)."""
         rows = await self._fetchall(
-            "SELECT json_extract(payload, '$.model_id') AS model, COUNT(*) AS n FROM jobs "
-            "WHERE guild_id IS ? AND model IS NOT NULL GROUP BY model ORDER BY n DESC LIMIT ?",
-            (guild_id, limit))
+            "SELECT model_id FROM guild_models WHERE guild_key = ? "
+            "ORDER BY uses DESC, model_id LIMIT ?", (guild_id or 0, limit))
         return [row[0] for row in rows]
 
     async def get_state(self, key: str) -> str | None:

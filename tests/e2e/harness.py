@@ -17,7 +17,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 SETTING_PREFIXES = ("DISCORD_", "MODELSLAB_", "WEB_", "PUBLIC_", "DATABASE_", "DEV_GUILD",
                     "DEFAULT_MODEL", "DAILY_", "LOG_LEVEL", "METRICS_", "COOLDOWN_",
-                    "MODEL_LIST", "ALLOW_LOOPBACK_OUTBOUND", "SHARD_", "JOB_LEASE")
+                    "MODEL_LIST", "ALLOW_LOOPBACK_OUTBOUND", "SHARD_", "JOB_LEASE",
+                    "JOB_RETENTION")
 
 
 def free_port() -> int:

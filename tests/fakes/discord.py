@@ -865,6 +865,18 @@ class FakeDiscord:
         self._runner: web.AppRunner | None = None
         self._base_url: str | None = None
         self._routes = self._route_table()
+        # Realism for load tests, off by default: every API request waits ``latency`` seconds
+        # before it is answered, and with ``rate_limits`` Discord's limits apply (see
+        # :meth:`_rate_limit`). ``rate_limited`` counts the 429s they provoked.
+        self.latency = 0.0
+        self.rate_limits = False
+        self.global_limit = 50  # requests per second per bot; interactions are exempt
+        self.route_limit = (5, 5.0)  # requests per route and major parameter, per seconds
+        self.rate_limited = 0
+        self._global_window: tuple[float, int] = (0.0, 0)
+        self._buckets: dict[str, tuple[float, int]] = {}
+        self._hangs: list[tuple[str, re.Pattern[str]]] = []
+        self._released = asyncio.Event()
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -885,6 +897,7 @@ class FakeDiscord:
 
     async def close(self) -> None:
         """Close every gateway connection (code 1001) and stop the server."""
+        self.release()
         for session in self.sessions:
             if not session.closed:
                 session.queue.put_nowait(("close", 1001, "fake closing"))
@@ -1194,6 +1207,62 @@ class FakeDiscord:
         ``times - 1`` matching requests answer ``status`` without taking effect (a client's
         retries of the same request)."""
         self._lost_answers.append([method.upper(), re.compile(path_regex), status, times, False])
+
+    def hang(self, method: str, path_regex: str) -> None:
+        """Every matching request from now on is never answered (nor takes effect) until
+        :meth:`release`: a Discord that hangs on one kind of call while others still work."""
+        self._hangs.append((method.upper(), re.compile(path_regex)))
+
+    def release(self) -> None:
+        """Hung requests go ahead; nothing hangs any more."""
+        self._hangs.clear()
+        self._released.set()
+
+    def _rate_limit(self, method: str, path: str) -> tuple[dict[str, str], tuple[int, Any]
+                                                            | None]:
+        """Discord's limits, simplified: 50 requests a second per bot (interaction callbacks
+        and interaction webhooks exempt), and per route and major parameter (channel,
+        guild, webhook token) ``route_limit`` requests per window, announced in the
+        ``X-RateLimit-*`` headers as Discord does. Returns the headers and, when a limit is
+        exceeded, the 429 answer."""
+        now = time.monotonic()
+        if path.startswith("/interactions/"):
+            return {}, None
+        exempt = path.startswith(f"/webhooks/{self.application_id}/")
+        if not exempt:
+            start, used = self._global_window
+            if now - start >= 1.0:
+                start, used = now, 0
+            if used >= self.global_limit:
+                self.rate_limited += 1
+                retry = max(0.001, start + 1.0 - now)
+                return {"Via": "1.1 google", "X-RateLimit-Global": "true",
+                        "X-RateLimit-Scope": "global", "Retry-After": "1"}, (
+                    429, {"message": "You are being rate limited.", "retry_after": retry,
+                          "global": True})
+            self._global_window = (start, used + 1)
+        major = re.match(r"/(channels|guilds|webhooks/\d+)/([^/]+)", path)
+        route = re.sub(r"/\d+", "/{id}", path if major is None else path[major.end():])
+        key = f"{method} {major.group(0) if major else ''} {route}"
+        bucket_id = hashlib.sha1(f"{method} {route}".encode()).hexdigest()[:16]
+        limit, per = self.route_limit
+        start, used = self._buckets.get(key, (0.0, 0))
+        if now - start >= per:
+            start, used = now, 0
+        reset_after = max(0.001, start + per - now)
+        headers = {"X-RateLimit-Limit": str(limit), "X-RateLimit-Bucket": bucket_id,
+                   "X-RateLimit-Reset-After": f"{reset_after:.3f}",
+                   "X-RateLimit-Reset": f"{time.time() + reset_after:.3f}"}
+        if used >= limit:
+            self.rate_limited += 1
+            headers.update({"Via": "1.1 google", "X-RateLimit-Remaining": "0",
+                            "X-RateLimit-Scope": "user",
+                            "Retry-After": str(max(1, int(reset_after + 0.999)))})
+            return headers, (429, {"message": "You are being rate limited.",
+                                   "retry_after": reset_after, "global": False})
+        self._buckets[key] = (start, used + 1)
+        headers["X-RateLimit-Remaining"] = str(limit - used - 1)
+        return headers, None
 
     def expire(self, ix: InteractionRecord) -> None:
         """The interaction token stops working: webhook calls get 401 50027."""
@@ -1620,9 +1689,20 @@ class FakeDiscord:
                      "content_type": u.content_type}
                     for u in uploads.values()
                 ]
-            lost = self._lost_answer(request.method, path)
-            failure = self._take_failure(request.method, path) if lost is None else None
-            if lost is not None and lost[4]:
+            if api and self.latency:
+                await asyncio.sleep(self.latency)
+            if api and any(m in ("*", request.method) and p.search(path)
+                           for m, p in self._hangs):
+                await self._released.wait()
+            limited = None
+            if api and self.rate_limits:
+                headers, limited = self._rate_limit(request.method, path)
+            lost = self._lost_answer(request.method, path) if limited is None else None
+            failure = (self._take_failure(request.method, path)
+                       if lost is None and limited is None else None)
+            if limited is not None:
+                status, body = limited
+            elif lost is not None and lost[4]:
                 status, body = lost[2], {"message": f"{lost[2]}: injected failure", "code": 0}
             elif failure is not None:
                 status, body, headers = failure

@@ -349,9 +349,113 @@ async def test_on_postgresql_the_claim_skips_locked_rows_and_overrides_still_mat
     try:
         await store.create(new_job())
         assert (await store.claim_next(now=1.0)) is not None
-        await store.models_used(10)
         run = [t.sql for t in store._db.dialect._cache.values()]
         assert any("FOR UPDATE OF j SKIP LOCKED" in sql for sql in run)
-        assert any("AS used WHERE model IS NOT NULL" in sql for sql in run)
     finally:
         await store.close()
+def job_in(guild: int | None, user: int, prompt: str = "p", model: str | None = None) -> NewJob:
+    payload = {"prompt": prompt, "samples": 1, **({"model_id": model} if model else {})}
+    return NewJob(endpoint="v6", payload=payload,
+                  requester=Requester(user_id=user, guild_id=guild, channel_id=20,
+                                      interaction_token="tok", token_expires_at=900.0),
+                  images=1, options={"prompt": prompt, "remix_of": None})
+
+
+async def claim_all(store, now: float = 1.0) -> list:
+    claimed = []
+    while (next_one := await store.claim_next(now=now)) is not None:
+        claimed.append(next_one[0])
+    return claimed
+
+
+async def test_servers_take_turns_before_members_so_a_big_server_cannot_starve_a_small_one(
+        store):
+    # A big server sends six jobs from three members first; a small one sends two after.
+    for user in (1, 2, 3, 1, 2, 3):
+        await store.create(job_in(100, user))
+    for _ in range(2):
+        await store.create(job_in(200, 9))
+    order = [(job.requester.guild_id, job.requester.user_id) for job in await claim_all(store)]
+    assert order == [(100, 1), (200, 9), (100, 2), (200, 9), (100, 3), (100, 1), (100, 2),
+                     (100, 3)]
+
+
+async def test_server_turns_survive_reopening(tmp_path):
+    path = tmp_path / "db.sqlite3"
+    store = await JobStore.open(path)
+    await store.create(job_in(100, 1))
+    await store.create(job_in(100, 2))
+    await store.create(job_in(200, 3))
+    assert (await store.claim_next(now=1.0))[0].requester.guild_id == 100
+    await store.close()
+    store = await JobStore.open(path)
+    assert (await store.claim_next(now=2.0))[0].requester.guild_id == 200
+    await store.close()
+
+
+async def test_the_place_in_line_shown_is_the_order_jobs_are_sent(store):
+    arrivals = [(100, 1), (100, 1), (100, 1), (100, 2), (200, 5), (None, 7), (100, 3),
+                (200, 5), (200, 6), (100, 2)]
+    for guild, user in arrivals:
+        await store.create(job_in(guild, user))
+    # One earlier job of member 2 was already sent: members not yet served go before them.
+    first = await store.claim_next(now=1.0)
+    shown = {job.track_id: place for job, place in await store.queued_with_positions()}
+    assert sorted(shown.values()) == list(range(1, len(arrivals)))
+    sent = [job.track_id for job in await claim_all(store, now=2.0)]
+    assert [shown[t] for t in sent] == list(range(1, len(arrivals)))
+    assert first[0].track_id not in shown
+
+
+async def test_a_single_place_in_line_is_the_same_as_in_the_full_list(store):
+    for guild, user in [(100, 1), (100, 1), (200, 2), (100, 3)]:
+        await store.create(job_in(guild, user))
+    places = [(job.requester.guild_id, job.requester.user_id, place)
+              for job, place in await store.queued_with_positions()]
+    assert places == [(100, 1, 1), (200, 2, 2), (100, 3, 3), (100, 1, 4)]
+    for job, place in await store.queued_with_positions():
+        assert await store.queue_position(job.track_id) == place
+
+
+async def deliver_all(store, now: float) -> None:
+    for job in await claim_all(store, now=now):
+        await store.mark_processing(job.track_id, request_id="1", eta=1, fetch_url=None,
+                                    future_links=[], next_poll_at=now, now=now)
+        if job.requester.user_id % 2:
+            await store.mark_succeeded(job.track_id, outputs=["https://cdn/x.png"], nsfw=False,
+                                       seed=1, request_id="1", now=now)
+        else:
+            await store.mark_failed(job.track_id, error="refused", now=now)
+        await store.mark_delivered(job.track_id, message_id=5, now=now)
+
+
+async def test_retention_drops_bulky_fields_but_quota_and_history_stay_right(store, tmp_path):
+    day = 86400.0
+    for n in range(6):
+        await store.create(job_in(100, 1 + n % 2, prompt=f"old fox {n}", model="pony"),
+                           now=10 * day)
+    await deliver_all(store, now=10 * day + 5)
+    await store.create(job_in(100, 1, prompt="new fox", model="pony"), now=99 * day)
+    await deliver_all(store, now=99 * day + 5)
+    old_day, new_day = utc_day(10 * day), utc_day(99 * day)
+    before = ([await store.images_used(u, 100, d) for u in (1, 2) for d in (old_day, new_day)],
+              [await store.count_jobs(u, 100) for u in (1, 2)])
+
+    assert await store.apply_retention(before=99 * day) == 6
+    assert await store.apply_retention(before=99 * day) == 0  # nothing new to trim
+
+    after = ([await store.images_used(u, 100, d) for u in (1, 2) for d in (old_day, new_day)],
+             [await store.count_jobs(u, 100) for u in (1, 2)])
+    assert after == before == ([3, 1, 0, 0], [4, 3])  # member 2's failures were refunded
+    history = await store.recent_jobs(1, 100, limit=10)
+    assert [job.prompt for job in history] == ["new fox", "old fox 4", "old fox 2", "old fox 0"]
+    assert [job.status for job in history] == [JobStatus.DELIVERED] * 4
+    row = sqlite3.connect(tmp_path / "data" / "bot.sqlite3").execute(
+        "SELECT payload, options, outputs, interaction_token FROM jobs WHERE payload LIKE "
+        "'%old fox 0%'").fetchone()
+    assert row == ('{"prompt": "old fox 0", "model_id": "pony"}', "{}", "[]", None)
+    kept = sqlite3.connect(tmp_path / "data" / "bot.sqlite3").execute(
+        "SELECT options FROM jobs WHERE payload LIKE '%new fox%'").fetchone()
+    assert "remix_of" in kept[0]  # within the retention period: untouched
+    assert await store.models_used(100) == ["pony"]
+
