@@ -185,15 +185,6 @@ class PaintModal(PromptModal):
             parent_track_id=source.track_id if source else None,
             extra={"remix_of": source.track_id} if source else {}))
 
-    async def on_error(self, interaction: discord.Interaction, error: Exception) -> None:
-        log.error("paint modal failed", exc_info=error)
-        text = str(error) if isinstance(error, UserFacingError) else \
-            "Something went wrong on my side; it has been logged."
-        if interaction.response.is_done():
-            await interaction.followup.send(text, ephemeral=True)
-        else:
-            await interaction.response.send_message(text, ephemeral=True)
-
 
 class EditRegionButton(discord.ui.DynamicItem[discord.ui.Button], template=PAINT_TEMPLATE):
     def __init__(self, track_id: str) -> None:

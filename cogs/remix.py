@@ -195,6 +195,15 @@ class PromptModal(discord.ui.Modal):
                 ephemeral=True)
             return False, None
 
+    async def on_error(self, interaction: discord.Interaction, error: Exception) -> None:
+        log.error("%s failed", self.title, exc_info=error)
+        text = str(error) if isinstance(error, UserFacingError) else \
+            "Something went wrong on my side; it has been logged."
+        if interaction.response.is_done():
+            await interaction.followup.send(text, ephemeral=True)
+        else:
+            await interaction.response.send_message(text, ephemeral=True)
+
 
 class RemixModal(PromptModal):
     """Prompt, negative prompt and strength for a remix; the prompt comes prefilled."""
@@ -239,15 +248,6 @@ class RemixModal(PromptModal):
             parent_track_id=self.source.track_id if self.source else None,
             extra={"remix_of": self.source.track_id} if self.source else {})
         await start_for(interaction, request)
-
-    async def on_error(self, interaction: discord.Interaction, error: Exception) -> None:
-        log.error("remix modal failed", exc_info=error)
-        text = str(error) if isinstance(error, UserFacingError) else \
-            "Something went wrong on my side; it has been logged."
-        if interaction.response.is_done():
-            await interaction.followup.send(text, ephemeral=True)
-        else:
-            await interaction.response.send_message(text, ephemeral=True)
 
 
 class RemixButton(discord.ui.DynamicItem[discord.ui.Button], template=REMIX_TEMPLATE):
