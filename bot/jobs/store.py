@@ -13,6 +13,7 @@ loser of a race (a webhook against a poll, a repeated webhook) simply gets ``Fal
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import hashlib
 import heapq
@@ -468,7 +469,7 @@ class JobStore:
             deadline = time.monotonic() + BUSY_PATIENCE
             while True:
                 try:
-                    await self._db.execute("BEGIN IMMEDIATE")
+                    await self._settled("BEGIN IMMEDIATE", undo="ROLLBACK")
                     break
                 except sqlite3.OperationalError as exc:
                     if not _is_busy(exc) or time.monotonic() + delay > deadline:
@@ -478,9 +479,25 @@ class JobStore:
             try:
                 yield self._db
             except BaseException:
-                await self._db.execute("ROLLBACK")
+                await self._settled("ROLLBACK")
                 raise
-            await self._db.execute("COMMIT")
+            await self._settled("COMMIT")
+
+    async def _settled(self, sql: str, *, undo: str | None = None) -> None:
+        """BEGIN, COMMIT or ROLLBACK, run to its end even when the caller is cancelled: the
+        statement runs on the database thread whatever happens to the caller, and a BEGIN
+        whose caller is gone would leave the connection inside a transaction that swallows
+        every later write until the store closes (and rolls them all back). A cancelled
+        BEGIN is undone (``undo``) before the cancellation goes on."""
+        step = asyncio.ensure_future(self._db.execute(sql))
+        try:
+            await asyncio.shield(step)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await step
+                if undo is not None:
+                    await self._db.execute(undo)
+            raise
 
     async def _fetchall(self, sql: str,
                         params: Sequence[Any] | Mapping[str, Any] = ()) -> list[aiosqlite.Row]:

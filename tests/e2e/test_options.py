@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from tests.e2e.conftest import ALICE
-from tests.e2e.test_generate import ready_for, status, submits_with
+from tests.e2e.test_generate import eventually, ready_for, status, submits_with
 from tests.e2e.test_quotas import command, new_server
 from tests.e2e.test_remix import button
 
@@ -206,6 +206,8 @@ async def test_polled_jobs_fetch_with_request_id_and_without_an_id(world):
         channel = world.channel()
         await world.discord.slash(ALICE, channel, "img2img",
                                   {"image": world.image(), "prompt": "no id given"})
+        # The answer without an id is the next submit's: the second command waits for it.
+        await eventually(lambda: submits_with(world, "no id given"), within=30)
         await world.discord.slash(ALICE, channel, "img2img",
                                   {"image": world.image(), "prompt": "an id given"})
         await world.discord.wait_for_message(channel, ready_for(ALICE, "no id given"),
