@@ -15,7 +15,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.components import PAINT_TEMPLATE, REMIX_TEMPLATE, REROLL_TEMPLATE
+from bot.components import PAINT_TEMPLATE, REMIX_TEMPLATE, REROLL_TEMPLATE, paint_id
 from bot.errors import UserFacingError
 from bot.generation import GenerationRequest, HostedFile, HostFiles, Upload
 from bot.jobs.models import Job
@@ -188,7 +188,7 @@ class PaintModal(PromptModal):
 
 class EditRegionButton(discord.ui.DynamicItem[discord.ui.Button], template=PAINT_TEMPLATE):
     def __init__(self, track_id: str) -> None:
-        super().__init__(discord.ui.Button(label="Edit region", custom_id=f"paint:{track_id}"))
+        super().__init__(discord.ui.Button(label="Edit region", custom_id=paint_id(track_id)))
         self.track_id = track_id
 
     @classmethod

@@ -18,7 +18,14 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.components import DELETE_TEMPLATE, REMIX_TEMPLATE, REROLL_TEMPLATE
+from bot.components import (
+    DELETE_TEMPLATE,
+    REMIX_TEMPLATE,
+    REROLL_TEMPLATE,
+    delete_id,
+    remix_id,
+    reroll_id,
+)
 from bot.errors import UserFacingError
 from bot.generation import GenerationRequest, Upload
 from bot.jobs.models import Job, Requester
@@ -252,7 +259,7 @@ class RemixModal(PromptModal):
 
 class RemixButton(discord.ui.DynamicItem[discord.ui.Button], template=REMIX_TEMPLATE):
     def __init__(self, track_id: str, index: int) -> None:
-        super().__init__(discord.ui.Button(label="Remix", custom_id=f"remix:{track_id}:{index}"))
+        super().__init__(discord.ui.Button(label="Remix", custom_id=remix_id(track_id, index)))
         self.track_id, self.index = track_id, index
 
     @classmethod
@@ -280,7 +287,7 @@ class RemixButton(discord.ui.DynamicItem[discord.ui.Button], template=REMIX_TEMP
 
 class RerollButton(discord.ui.DynamicItem[discord.ui.Button], template=REROLL_TEMPLATE):
     def __init__(self, track_id: str) -> None:
-        super().__init__(discord.ui.Button(label="Re-roll", custom_id=f"reroll:{track_id}"))
+        super().__init__(discord.ui.Button(label="Re-roll", custom_id=reroll_id(track_id)))
         self.track_id = track_id
 
     @classmethod
@@ -321,7 +328,7 @@ class RerollButton(discord.ui.DynamicItem[discord.ui.Button], template=REROLL_TE
 
 class DeleteButton(discord.ui.DynamicItem[discord.ui.Button], template=DELETE_TEMPLATE):
     def __init__(self, track_id: str) -> None:
-        super().__init__(discord.ui.Button(label="Delete", custom_id=f"delete:{track_id}"))
+        super().__init__(discord.ui.Button(label="Delete", custom_id=delete_id(track_id)))
         self.track_id = track_id
 
     @classmethod
